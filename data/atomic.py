@@ -1,0 +1,49 @@
+"""Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``.
+
+A reader (another process, a Ray worker, a resumed run) sees either the old complete file or the
+new complete file, never a partial one — also when the writer is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_csv(df, path: str | Path, **to_csv_kwargs) -> Path:
+    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given)."""
+    to_csv_kwargs.setdefault("index", False)
+    return atomic_write_text(path, df.to_csv(**to_csv_kwargs))
