@@ -16,6 +16,8 @@ import numpy as np
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, cannot write a file there")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -23,6 +25,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         try:
