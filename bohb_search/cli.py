@@ -126,15 +126,9 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    from data.download import DownloadError, download_dataset
+    from data.download import run_download
 
-    try:
-        report = download_dataset(args.what, args.out, machines=args.machines, base_url=args.base_url,
-                                  keep_archives=args.keep_archives, dry_run=args.dry_run, progress=not args.quiet)
-    except DownloadError as err:
-        raise UsageError(str(err)) from None
-    print(report.summary())
-    return 0
+    return run_download(args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,15 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("download", help="download the official DCASE 2025 Task 2 archives from Zenodo",
-                        description="Fetch, verify (size + md5) and unpack the DCASE 2025 Task 2 archives, resuming partial downloads.")
-    p.add_argument("--what", choices=["dev", "additional", "eval"], required=True,
-                   help="dev (Zenodo 15097779), additional training (15392814) or eval (15519362)")
-    p.add_argument("--out", type=Path, required=True, help="destination root")
-    p.add_argument("--machines", nargs="+", default=None, help="only archives of these machine types")
-    p.add_argument("--base-url", default=None, help="Zenodo base URL (default https://zenodo.org or $BOHB_SEARCH_ZENODO_URL)")
-    p.add_argument("--keep-archives", action="store_true", help="keep the zip files after unpacking")
-    p.add_argument("--dry-run", action="store_true", help="list what would be downloaded, write nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                        description="Fetch, verify (size + md5) and unpack the DCASE 2025 Task 2 archives, resuming "
+                                    "partial downloads: dev (Zenodo 15097779), additional (15392814), eval (15519362).")
+    from data.download import add_download_arguments  # stdlib-only module: cheap to import
+
+    add_download_arguments(p)
     p.set_defaults(func=cmd_data_download)
 
     return parser

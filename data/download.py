@@ -622,7 +622,7 @@ def run_download(args: argparse.Namespace) -> int:
         )
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(report.summary())
     return 0
 

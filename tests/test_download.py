@@ -549,13 +549,15 @@ def test_unknown_part_is_an_error(tmp_path):
 
 def test_cli_entry_point(server, dev_record, tmp_path, capsys):
     out = tmp_path / "data"
-    rc = dl.main(["--what", "dev", "--out", str(out), "--machines", "fan", "--dry-run", "--base-url", server.url])
+    from bohb_search.cli import main as cli_main
+
+    rc = cli_main(["data", "download", "--what", "dev", "--out", str(out), "--machines", "fan", "--dry-run", "--base-url", server.url])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "dev_fan.zip" in printed and "dev_bearing.zip" not in printed and not out.exists()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    rc = dl.main(["--what", "eval", "--out", str(out), "--base-url", dead, "--no-progress"])
+    rc = cli_main(["data", "download", "--what", "eval", "--out", str(out), "--base-url", dead, "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1 and dead in err
+    assert rc == 2 and err.count("\n") == 1 and dead in err
