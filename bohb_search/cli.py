@@ -120,7 +120,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    df = synthesize(args.out, cfg, workers=args.workers, progress=not args.quiet)
+    try:
+        df = synthesize(args.out, cfg, workers=args.workers, progress=not args.quiet)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     print(f"wrote {len(df)} clips for {df['machine'].nunique()} machine type(s) under {args.out}")
     return 0
 
@@ -129,6 +132,193 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     from data.download import run_download
 
     return run_download(args)
+
+# --------------------------------------------------------------------------------------------
+# model options and training commands
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (ignored when a pre-trained encoder is given)")
+    g.add_argument("--preset", choices=["tiny", "small", "base"], default="tiny",
+                   help="encoder size: D 192/384/768 (default tiny)")
+    g.add_argument("--backbone", choices=["ssm", "ast"], default="ssm",
+                   help="bidirectional SSM (Audio-Mamba, default) or the AST-style transformer baseline")
+    g.add_argument("--depth", type=int, default=None, help="number of encoder blocks (preset default 24)")
+    g.add_argument("--dim", type=int, default=None, help="token width D (overrides the preset)")
+    g.add_argument("--unshuffle", type=int, default=4, help="pixel-unshuffle factor r (default 4; 1 = none)")
+    g.add_argument("--patch", type=int, default=16, help="patch size p (default 16)")
+    g.add_argument("--scan-backend", choices=["auto", "torch", "reference", "cuda"], default="auto",
+                   help="selective-scan implementation (auto: mamba-ssm CUDA kernel when present, else PyTorch)")
+
+
+def encoder_config_from_args(args: argparse.Namespace, feature_cfg=None):
+    from models import encoder_preset
+
+    overrides = {"kind": args.backbone, "unshuffle": args.unshuffle, "patch": args.patch,
+                 "scan_backend": args.scan_backend}
+    if args.depth is not None:
+        overrides["depth"] = args.depth
+    if args.dim is not None:
+        overrides["dim"] = args.dim
+    if feature_cfg is not None:
+        overrides.update(n_mels=feature_cfg.n_mels, n_frames=feature_cfg.n_frames)
+    try:
+        return encoder_preset(args.preset, **overrides)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _common_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 …")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _user_errors():
+    """Exceptions that mean bad input rather than a bug: reported as one line."""
+    from bohb_search.datasets import DataError
+    from data.audio import BadAudioError
+    from models import CheckpointError
+
+    return (DataError, BadAudioError, CheckpointError, ValueError, FileNotFoundError)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bohb_search.pipeline import run_pretrain
+    from bohb_search.configs import PretrainConfig
+
+    try:
+        feature_cfg = feature_config_from_args(args)
+        enc = encoder_config_from_args(args, feature_cfg)
+        cfg = PretrainConfig(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                             micro_batch_size=args.micro_batch_size or args.batch_size, epochs=args.epochs,
+                             target=args.target, val_fraction=args.val_fraction, seed=args.seed)
+        path = run_pretrain(args.data, args.out, enc, cfg, feature_cfg, args.cache_dir, args.device,
+                            args.on_bad_file, args.quiet)
+    except _user_errors() as err:
+        raise UsageError(str(err)) from None
+    print(f"pre-trained encoder: {path}")
+    return 0
+
+
+def add_finetune_options(p: argparse.ArgumentParser) -> None:
+    from bohb_search.configs import FinetuneConfig
+
+    d = FinetuneConfig()
+    g = p.add_argument_group("fine-tuning (paper 2.5, 3.2)")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"AdamW lr of θ_f (default {d.lr})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"default {d.weight_decay}")
+    g.add_argument("--lambda-adv", type=float, default=d.lambda_adv, help=f"weight of L_adv; 0 = pOE only (default {d.lambda_adv})")
+    g.add_argument("--delta", type=float, default=d.delta, help=f"margin δ of L_oe (default {d.delta})")
+    g.add_argument("--unfreeze-k", type=int, default=d.unfreeze_k, help=f"trainable final blocks K (default {d.unfreeze_k})")
+    g.add_argument("--head-dropout", type=float, default=d.head_dropout, help=f"default {d.head_dropout}")
+    g.add_argument("--poe-ratio", type=float, default=d.poe_ratio,
+                   help=f"pseudo outliers per normal; 0 = OC-SVDD, no outliers (default {d.poe_ratio})")
+    g.add_argument("--other-machine-share", type=float, default=d.other_machine_share,
+                   help=f"share of outliers from other machine types (default {d.other_machine_share})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    g.add_argument("--max-epochs", type=int, default=d.max_epochs, help=f"default {d.max_epochs}")
+    g.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience (default {d.patience})")
+    g.add_argument("--score", choices=["cosine", "knn"], default=d.score,
+                   help="anomaly score: 1 − cos(z, c) (default) or k-NN cosine distance, min over domains")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def finetune_config_from_args(args: argparse.Namespace):
+    from bohb_search.configs import FinetuneConfig
+
+    try:
+        return FinetuneConfig(lr=args.lr, weight_decay=args.weight_decay, lambda_adv=args.lambda_adv, delta=args.delta,
+                              unfreeze_k=args.unfreeze_k, head_dropout=args.head_dropout, poe_ratio=args.poe_ratio,
+                              other_machine_share=args.other_machine_share, batch_size=args.batch_size,
+                              max_epochs=args.max_epochs, patience=args.patience, score=args.score, seed=args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from bohb_search.pipeline import run_finetune
+
+    cfg = finetune_config_from_args(args)
+    if args.generalized and args.machine:
+        raise UsageError("give either --machine or --generalized, not both")
+    if not args.generalized and not args.machine:
+        raise UsageError("--machine NAME (machine-specific model) or --generalized (all machines pooled) is required")
+    if args.pretrained is None and args.model_kind != "ae" and not args.from_scratch:
+        raise UsageError("--pretrained CKPT is required (or --from-scratch for the no-pre-training ablation)")
+    machines = None if args.generalized else args.machine
+    try:
+        feature_cfg = feature_config_from_args(args)
+        enc = encoder_config_from_args(args, feature_cfg)
+        path = run_finetune(args.data, args.out, cfg, machines, None if args.from_scratch else args.pretrained, enc,
+                            args.model_kind, args.cache_dir, args.device, args.on_bad_file,
+                            args.threshold_percentile, args.quiet)
+    except _user_errors() as err:
+        raise UsageError(str(err)) from None
+    print(f"model: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bohb_search.pipeline import run_evaluate
+    from bohb_search.reporting import table2, table3, to_markdown
+
+    try:
+        report = run_evaluate(args.model, args.data, args.out, args.system, args.cache_dir, args.on_bad_file, args.quiet)
+    except _user_errors() as err:
+        raise UsageError(str(err)) from None
+    if report is not None:
+        name = args.system or Path(args.model).parent.name
+        print(to_markdown(table2({name: report})))
+        print()
+        print(to_markdown(table3({name: report})))
+        print(f"\nofficial score {report.official_score:.4f} · TOTAL (hmean) {report.total_hmean:.4f}")
+    print(f"wrote scores, tables and submission files under {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from bohb_search.inference import AnomalyModel
+    from bohb_search.pipeline import write_score_csv
+
+    paths: list[Path] = []
+    for item in args.inputs:
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise UsageError(f"{item}: no such file or folder")
+    if not paths:
+        raise UsageError("no .wav/.flac files to score")
+    try:
+        model = AnomalyModel.load(args.model)
+        channel = args.channel if args.channel == "mean" else int(args.channel)
+        results, skipped = model.score_files(paths, args.machine, channel, args.on_bad_file)
+    except _user_errors() as err:
+        raise UsageError(str(err)) from None
+    for r in results:
+        decision = "-" if r.decision is None else ("anomalous" if r.decision else "normal")
+        print(f"{r.score:.6f}\t{decision}\t{r.path}")
+    for p, reason in skipped:
+        print(f"skipped {p}: {reason}", file=sys.stderr)
+    if args.out:
+        write_score_csv(results, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from bohb_search.quickstart import QuickstartConfig, run_quickstart
+
+    q = QuickstartConfig(out=args.out, finetune_machines=tuple(args.finetune_machines),
+                         train_source=args.train_source, train_target=args.train_target,
+                         test_per_cell=args.test_per_cell, seconds=args.seconds,
+                         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
+                         dim=args.dim, depth=args.depth, seed=args.seed, device=args.device, quiet=args.quiet)
+    try:
+        run_quickstart(q)
+    except _user_errors() as err:
+        raise UsageError(str(err)) from None
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +372,84 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_download_arguments(p)
     p.set_defaults(func=cmd_data_download)
+
+    p = sub.add_parser("pretrain", help="stage 1: supervised pre-training of the encoder on machine types",
+                       description="Pre-train the encoder (+ linear head) with cross-entropy over machine types on all "
+                                   "normal TRAINING clips of the data roots (never test audio).")
+    p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
+    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/pretrain/NAME")
+    p.add_argument("--epochs", type=int, default=5, help="default 5 (paper)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="default 1e-2")
+    p.add_argument("--batch-size", type=int, default=256, help="effective batch size (default 256)")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="accumulate gradients over micro-batches of this size")
+    p.add_argument("--target", choices=["machine", "machine_section_attr"], default="machine",
+                   help="classes: machine types (default) or machine × section × attributes")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out share of clips per class (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    add_model_options(p)
+    add_feature_options(p)
+    _common_run_options(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="stage 2: pOE + GRL fine-tuning for one machine or the generalized model",
+                       description="Fine-tune a pre-trained encoder with the anomaly head, pseudo-outlier exposure and "
+                                   "the gradient-reversal domain classifier; early stopping on validation AUC.")
+    p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
+    p.add_argument("--machine", nargs="+", default=None, help="machine type(s) for a machine-specific model")
+    p.add_argument("--generalized", action="store_true", help="one model for all machines, pooled and domain-balanced")
+    p.add_argument("--pretrained", type=Path, default=None, help="encoder.pt written by `pretrain`")
+    p.add_argument("--from-scratch", action="store_true", help="no pre-training (Table 1 ablation)")
+    p.add_argument("--model-kind", choices=["ssm", "ae"], default="ssm",
+                   help="ssm: the encoder named by the checkpoint/preset; ae: the DCASE autoencoder baseline")
+    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/finetune/NAME")
+    p.add_argument("--threshold-percentile", type=float, default=0.9,
+                   help="decision threshold: gamma-fit percentile of training scores (default 0.9, as the DCASE baseline)")
+    add_finetune_options(p)
+    add_model_options(p)
+    add_feature_options(p)
+    _common_run_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="score the test split: official metrics, tables, submission files",
+                       description="Score every test clip of the model's machines; write DCASE submission files and, "
+                                   "where labels exist, the official metrics and Table 2/3-style tables.")
+    p.add_argument("--model", type=Path, required=True, help="model.pt written by `finetune` or `final-train`")
+    p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--system", default=None, help="system name in the tables (default: the model's folder name)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root")
+    p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="score new recordings of any length (prints score and decision per file)",
+                       description="Score WAV/FLAC files of any length: windows of the training clip length are "
+                                   "scored and averaged; the decision uses the machine's gamma threshold.")
+    p.add_argument("--model", type=Path, required=True, help="model.pt")
+    p.add_argument("inputs", type=Path, nargs="+", help="files or folders")
+    p.add_argument("--machine", default=None, help="machine type whose threshold decides (default: the model's only one)")
+    p.add_argument("--channel", default="0", help="channel index or 'mean'")
+    p.add_argument("--out", type=Path, default=None, help="also write the scores as CSV")
+    p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("quickstart", help="the main job on a small synthetic data set (CPU, minutes)",
+                       description="Synthesize a small DCASE-layout data set, extract features, pre-train a small "
+                                   "encoder, fine-tune and evaluate; prints the results tables.")
+    p.add_argument("--out", type=Path, default=Path("results/quickstart"), help="output folder (default results/quickstart)")
+    p.add_argument("--finetune-machines", nargs="+", default=["fan"], help="machine-specific models to train (default fan)")
+    p.add_argument("--train-source", type=int, default=60, help="source normal training clips per machine (default 60)")
+    p.add_argument("--train-target", type=int, default=6, help="target normal training clips per machine (default 6)")
+    p.add_argument("--test-per-cell", type=int, default=10, help="test clips per domain × label (default 10)")
+    p.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    p.add_argument("--pretrain-epochs", type=int, default=2)
+    p.add_argument("--finetune-epochs", type=int, default=9)
+    p.add_argument("--dim", type=int, default=64, help="encoder width (default 64)")
+    p.add_argument("--depth", type=int, default=4, help="encoder blocks (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    _common_run_options(p)
+    p.set_defaults(func=cmd_quickstart)
 
     return parser
 
