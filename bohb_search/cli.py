@@ -151,7 +151,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="selective-scan implementation (auto: mamba-ssm CUDA kernel when present, else PyTorch)")
 
 
-def encoder_config_from_args(args: argparse.Namespace, feature_cfg=None):
+def encoder_config_from_args(args: argparse.Namespace):
+    """The preset with the command's overrides; the pipeline sizes it to the features."""
     from models import encoder_preset
 
     overrides = {"kind": args.backbone, "unshuffle": args.unshuffle, "patch": args.patch,
@@ -160,8 +161,6 @@ def encoder_config_from_args(args: argparse.Namespace, feature_cfg=None):
         overrides["depth"] = args.depth
     if args.dim is not None:
         overrides["dim"] = args.dim
-    if feature_cfg is not None:
-        overrides.update(n_mels=feature_cfg.n_mels, n_frames=feature_cfg.n_frames)
     try:
         return encoder_preset(args.preset, **overrides)
     except (ValueError, TypeError) as err:
@@ -188,7 +187,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     try:
         feature_cfg = feature_config_from_args(args)
-        enc = encoder_config_from_args(args, feature_cfg)
+        enc = encoder_config_from_args(args)
         cfg = PretrainConfig(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                              micro_batch_size=args.micro_batch_size or args.batch_size, epochs=args.epochs,
                              target=args.target, val_fraction=args.val_fraction, seed=args.seed)
@@ -248,7 +247,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     machines = None if args.generalized else args.machine
     try:
         feature_cfg = feature_config_from_args(args)
-        enc = encoder_config_from_args(args, feature_cfg)
+        enc = encoder_config_from_args(args)
         path = run_finetune(args.data, args.out, cfg, machines, None if args.from_scratch else args.pretrained, enc,
                             args.model_kind, args.cache_dir, args.device, args.on_bad_file,
                             args.threshold_percentile, args.quiet)

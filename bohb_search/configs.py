@@ -66,6 +66,8 @@ class FinetuneConfig:
     patience: int = 15  # early stopping on validation AUC
     score: Literal["cosine", "knn"] = "cosine"  # anomaly score: 1 − cos(z, c), or k-NN cosine distance (min over domains)
     knn_k: int = 1
+    ae_score: Literal["mse", "mahalanobis"] = "mse"  # AE baseline only: its two DCASE scoring modes
+    ae_vectors_per_clip: int = 64  # AE baseline only: 5-frame windows reconstructed per clip and epoch
     amp: bool = True
     seed: int = 0
 
@@ -82,6 +84,10 @@ class FinetuneConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"finetune {name}: invalid value {getattr(self, name)!r}")
+        if self.ae_score not in ("mse", "mahalanobis"):
+            raise ValueError(f"finetune ae_score must be 'mse' or 'mahalanobis', got {self.ae_score!r}")
+        if self.ae_vectors_per_clip < 1:
+            raise ValueError(f"finetune ae_vectors_per_clip must be >= 1, got {self.ae_vectors_per_clip}")
         if self.score not in ("cosine", "knn"):
             raise ValueError(f"finetune score must be 'cosine' or 'knn', got {self.score!r}")
         self.perturbations = tuple(self.perturbations)

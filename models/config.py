@@ -1,0 +1,136 @@
+"""Typed encoder configuration and the tiny / small / base presets.
+
+One :class:`EncoderConfig` describes either backbone (the bidirectional SSM or the AST-style transformer)
+together with its tokenizer, so a checkpoint that records ``cfg.to_dict()`` can rebuild the exact model.
+Everything in it is a plain str / int / float / None, which ``torch.load(weights_only=True)`` accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from .scan import SCAN_BACKENDS
+
+ENCODER_KINDS = ("ssm", "ast")
+POOLS = ("cls_middle", "mean")
+NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclass
+class EncoderConfig:
+    # backbone
+    kind: str = "ssm"  # "ssm": bidirectional Audio-Mamba blocks (section 2.2); "ast": pre-norm self-attention baseline
+    dim: int = 192  # token width D
+    depth: int = 24  # number of blocks K (the AuM reference uses 24; tests use 1-2)
+    # tokenizer (section 2.1, eq. 1-2)
+    n_mels: int = 128  # H: mel bins of the input
+    n_frames: int = 1024  # W the positional embedding is sized for (10 s); other lengths resample it
+    unshuffle: int = 4  # pixel-unshuffle factor r: r² fewer tokens, r² more channels per patch
+    patch: int = 16  # side p of the square patches cut from the unshuffled map
+    pool: str = "cls_middle"  # "cls_middle": class token in the middle of the sequence (as AuM); "mean": token mean
+    # selective SSM mixer (Mamba defaults)
+    d_state: int = 16  # N: state size per channel
+    expand: int = 2  # inner width E = expand * dim
+    d_conv: int = 4  # kernel of the depthwise causal Conv1D
+    dt_rank: int | None = None  # rank of the Δ projection; None = ceil(dim / 16)
+    dt_min: float = 1e-3  # Δ is initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+    scan_backend: str = "auto"  # "auto" | "torch" | "reference" | "cuda"  (see models.scan)
+    # attention (kind="ast")
+    n_heads: int = 3  # heads of the self-attention; dim must divide evenly
+    # parts shared by both block types
+    mlp_ratio: float = 4.0  # hidden width of the MLP sub-block as a multiple of dim; 0 drops the sub-block
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    dropout: float = 0.0  # dropout on the mixer / MLP outputs
+    drop_path: float = 0.0  # stochastic depth, rising linearly to this rate at the last block
+    # input normalisation, filled from the training set's statistics so a checkpoint is self-contained
+    input_mean: float = 0.0  # the encoder computes (x - input_mean) / input_std first
+    input_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def inner_dim(self) -> int:
+        """E, the width inside the SSM mixer."""
+        return self.expand * self.dim
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(self.dim / 16)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(frequency, time) patches of an n_mels × n_frames input."""
+        step = self.unshuffle * self.patch
+        return self.n_mels // step, self.n_frames // step
+
+    @property
+    def n_tokens(self) -> int:
+        """N = H·W / (p² r²), patch tokens of an n_mels × n_frames input (class token not counted)."""
+        f, t = self.grid
+        return f * t
+
+    def validate(self) -> None:
+        if self.kind not in ENCODER_KINDS:
+            raise ValueError(f"kind must be one of {ENCODER_KINDS}, got {self.kind!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        positive = ("dim", "depth", "n_mels", "n_frames", "unshuffle", "patch", "d_state", "expand", "d_conv", "n_heads")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dt_rank is not None and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+            raise ValueError(f"dt_rank must be a positive integer or None, got {self.dt_rank!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.kind == "ast" and self.dim % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide dim={self.dim}")
+        if self.mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        for name in ("dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.input_mean) and math.isfinite(self.input_std) and self.input_std > 0):
+            raise ValueError(f"input_std must be a finite positive number and input_mean finite, got "
+                             f"mean={self.input_mean}, std={self.input_std}")
+        step = self.unshuffle * self.patch
+        for name, size in (("n_mels", self.n_mels), ("n_frames", self.n_frames)):
+            if size % step:
+                raise ValueError(f"{name}={size} must be a multiple of unshuffle*patch = {step} so the patches tile it")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+# Widths follow AuM / DeiT (tiny 192, small 384, base 768, 64-wide heads); all have depth 24 in the reference.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=192, depth=24, n_heads=3),
+    "small": dict(dim=384, depth=24, n_heads=6),
+    "base": dict(dim=768, depth=24, n_heads=12),
+}
+
+
+def encoder_preset(name: str, **overrides) -> EncoderConfig:
+    """The named size preset with any field overridden, e.g. ``encoder_preset("tiny", depth=2, kind="ast")``."""
+    if name not in PRESETS:
+        raise ValueError(f"encoder preset must be one of {tuple(PRESETS)}, got {name!r}")
+    known = {f.name for f in fields(EncoderConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown EncoderConfig field(s) in overrides: {', '.join(unknown)}")
+    return EncoderConfig(**{**PRESETS[name], **overrides})

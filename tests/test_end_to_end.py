@@ -1,0 +1,97 @@
+"""End to end through the CLI on a small synthetic set: pretrain → finetune → evaluate → score."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bohb_search.metrics import evaluate_scores
+from bohb_search.reporting import read_submission_dir
+from models import load_checkpoint
+from tests.conftest import FIXTURES, run_cli
+
+EASY = "fan"  # the synthetic machine whose faults (blade-pass sidebands, rubbing) a small model finds quickly
+SMALL_MODEL = ["--preset", "tiny", "--dim", "32", "--depth", "2"]
+
+
+@pytest.fixture(scope="module")
+def synth_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    res = run_cli("data", "synth", "--out", str(root), "--machines", EASY, "valve", "--train-source", "40",
+                  "--train-target", "4", "--test-per-cell", "12", "--seconds", "4", "--quiet")
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+@pytest.mark.slow
+def test_pretrain_finetune_evaluate_score(synth_set, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["--seconds", "4", "--cache-dir", str(cache), "--quiet"]
+    res = run_cli("pretrain", "--data", str(synth_set), "--out", str(tmp_path / "pre"), "--epochs", "1",
+                  "--batch-size", "32", *SMALL_MODEL, *common)
+    assert res.returncode == 0, res.stderr
+    pre = tmp_path / "pre" / "encoder.pt"
+    assert load_checkpoint(pre)["classes"] == [EASY, "valve"]
+
+    res = run_cli("finetune", "--pretrained", str(pre), "--data", str(synth_set), "--machine", EASY,
+                  "--out", str(tmp_path / "ft"), "--max-epochs", "6", "--batch-size", "32", "--lr", "1e-3",
+                  "--unfreeze-k", "2", *common)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "ft" / "finetune_report.json").read_text())
+    assert report["validation"] == "dev test split (labelled)"
+    assert report["best_val_auc"] > 0.6, report
+    assert len(pd.read_csv(tmp_path / "ft" / "history.csv")) == report["epochs_run"]
+
+    res = run_cli("evaluate", "--model", str(tmp_path / "ft" / "model.pt"), "--data", str(synth_set),
+                  "--out", str(tmp_path / "eval"), "--cache-dir", str(cache), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "official score" in res.stdout
+    for name in ("table2.csv", "table2.md", "table3.csv", "table3.md", "scores.csv", "metrics.json"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    sub = tmp_path / "eval" / "submission"
+    assert (sub / f"anomaly_score_{EASY}_section_00_test.csv").exists()
+    assert (sub / f"decision_result_{EASY}_section_00_test.csv").exists()
+    # the tables agree with the metrics recomputed from the written score files
+    scores = read_submission_dir(sub)
+    truth = pd.read_csv(tmp_path / "eval" / "scores.csv")
+    merged = truth.drop(columns="score").merge(scores[["file_name", "score"]], left_on="file", right_on="file_name")
+    again = evaluate_scores(merged)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again.official_score == pytest.approx(written["official_score"], abs=1e-9)
+
+    # score new recordings of any length (a real 12 s clip and a 4 s synthetic one)
+    real = next((FIXTURES / "real_clips" / "dcase2023" / "ToyCar").rglob("*.wav"))
+    one = next((synth_set / EASY / "test").glob("*anomaly*.wav"))
+    res = run_cli("score", "--model", str(tmp_path / "ft" / "model.pt"), str(real), str(one),
+                  "--out", str(tmp_path / "scores.csv"))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[1] in ("normal", "anomalous") for line in lines)
+    table = pd.read_csv(tmp_path / "scores.csv")
+    assert table.loc[0, "windows"] > 1  # 12 s recording, 4 s model: several windows
+
+
+@pytest.mark.slow
+def test_ae_baseline_same_commands(synth_set, tmp_path):
+    cache = tmp_path / "cache"
+    res = run_cli("finetune", "--model-kind", "ae", "--data", str(synth_set), "--machine", EASY,
+                  "--out", str(tmp_path / "ae"), "--max-epochs", "3", "--batch-size", "16", "--lr", "1e-3",
+                  "--seconds", "4", "--cache-dir", str(cache), "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("evaluate", "--model", str(tmp_path / "ae" / "model.pt"), "--data", str(synth_set),
+                  "--out", str(tmp_path / "eval"), "--cache-dir", str(cache), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "eval" / "table2.csv").exists()
+    assert load_checkpoint(tmp_path / "ae" / "model.pt")["model_kind"] == "ae"
+
+
+def test_finetune_usage_errors(synth_set, tmp_path):
+    res = run_cli("finetune", "--data", str(synth_set), "--out", str(tmp_path), "--machine", EASY)
+    assert res.returncode == 2 and "--pretrained CKPT is required" in res.stderr
+    res = run_cli("finetune", "--data", str(synth_set), "--out", str(tmp_path), "--from-scratch", "--machine", "pump")
+    assert res.returncode == 2 and "no clips for pump" in res.stderr and res.stderr.count("\n") == 1
+    res = run_cli("finetune", "--data", str(synth_set), "--out", str(tmp_path), "--pretrained", str(tmp_path / "x.pt"),
+                  "--machine", EASY)
+    assert res.returncode == 2 and "x.pt" in res.stderr
