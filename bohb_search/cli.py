@@ -250,7 +250,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         enc = encoder_config_from_args(args)
         path = run_finetune(args.data, args.out, cfg, machines, None if args.from_scratch else args.pretrained, enc,
                             args.model_kind, args.cache_dir, args.device, args.on_bad_file,
-                            args.threshold_percentile, args.quiet)
+                            args.threshold_percentile, args.quiet, feature_cfg)
     except _user_errors() as err:
         raise UsageError(str(err)) from None
     print(f"model: {path}")
@@ -304,6 +304,93 @@ def cmd_score(args: argparse.Namespace) -> int:
         write_score_csv(results, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+def ensure_pretrained(args: argparse.Namespace) -> Path:
+    """--pretrained, or an encoder pre-trained once per data roots + model settings and reused."""
+    if args.pretrained is not None:
+        if not args.pretrained.is_file():
+            raise UsageError(f"--pretrained {args.pretrained}: no such file")
+        return args.pretrained
+    from bohb_search.configs import PretrainConfig
+    from bohb_search.pipeline import run_pretrain
+    from bohb_search.search import pretrained_cache_key
+
+    enc = encoder_config_from_args(args)
+    feature_cfg = feature_config_from_args(args)
+    key = pretrained_cache_key([str(d) for d in args.data], {"encoder": enc.to_dict(), "features": feature_cfg.to_dict(),
+                                                              "epochs": args.pretrain_epochs})
+    out = Path(args.pretrain_dir) / f"auto-{key}"
+    if len(list(out.glob("epoch_*.pt"))) >= args.pretrain_epochs and (out / "encoder.pt").exists():
+        print(f"reusing pre-trained encoder {out / 'encoder.pt'}")
+        return out / "encoder.pt"
+    print(f"no --pretrained given: pre-training once into {out} (reused by later searches on the same data)")
+    return run_pretrain(args.data, out, enc, PretrainConfig(epochs=args.pretrain_epochs, batch_size=args.batch_size),
+                        feature_cfg, args.cache_dir, args.device, args.on_bad_file, quiet=False)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from bohb_search.search import SearchError, SearchSettings, default_space, run_search
+
+    from data.synth import DEV_MACHINES
+
+    chosen = sum(bool(x) for x in (args.machine, args.all_machines, args.generalized))
+    if chosen != 1:
+        raise UsageError("choose one of --machine NAME [NAME ...], --all-machines or --generalized")
+    groups: list[list[str] | None]
+    if args.generalized:
+        groups = [None]
+    else:
+        groups = [[m] for m in (DEV_MACHINES if args.all_machines else args.machine)]
+    if args.gpus_per_trial is None:
+        import torch
+
+        args.gpus_per_trial = 1.0 if torch.cuda.is_available() else 0.0
+    try:
+        pretrained = ensure_pretrained(args)
+        for machines in groups:
+            label = "generalized" if machines is None else machines[0]
+            name = args.name if (args.name and len(groups) == 1) else (f"{args.name}-{label}" if args.name else label)
+            settings = SearchSettings(
+                name=name, data=[str(d) for d in args.data], machines=machines, pretrained=str(pretrained),
+                space=str(args.space or default_space(machines is None)), num_samples=args.num_samples,
+                max_epochs=args.max_epochs, min_epochs=args.min_epochs, eta=args.eta,
+                cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                max_concurrent=args.max_concurrent, max_failures=args.max_failures, seed=args.seed,
+                storage_path=str(args.storage_path), tracking_uri=args.tracking_uri,
+                cache_dir=str(args.cache_dir) if args.cache_dir else None, batch_size=args.batch_size,
+                device=args.device)
+            print(f"search {name}: {'all machines (generalized)' if machines is None else machines[0]}, "
+                  f"{settings.num_samples} trials, max {settings.max_epochs} epochs, η={settings.eta}")
+            best = run_search(settings, resume=args.resume, address=args.address, verbose=0 if args.quiet else 1)
+            print(f"search {name}: best {best['metric']['name']} = {best['metric']['value']:.4f} "
+                  f"(trial {best['trial_id']}, {best['budget_epochs']} epochs); "
+                  f"wrote {settings.out_dir / 'best_config.json'}")
+    except (SearchError,) + _user_errors() as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def cmd_final_train(args: argparse.Namespace) -> int:
+    from bohb_search.final import find_best_configs, run_final_train
+
+    try:
+        paths = find_best_configs(args.best, args.searches_dir)
+        reports = run_final_train(paths, args.out, args.max_epochs, args.with_baseline, args.tracking_uri,
+                                  str(args.cache_dir) if args.cache_dir else None, args.device, args.quiet)
+    except _user_errors() as err:
+        raise UsageError(str(err)) from None
+    from bohb_search.reporting import table2, table3, to_markdown
+
+    if reports:
+        print(to_markdown(table2(reports)))
+        print()
+        print(to_markdown(table3(reports)))
+        print()
+    for system, r in reports.items():
+        print(f"{system}: official score {r.official_score:.4f} · TOTAL (hmean) {r.total_hmean:.4f}")
+    print(f"wrote tables, submission files and final checkpoints under {args.out}")
+    return 0
+
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from bohb_search.quickstart import QuickstartConfig, run_quickstart
@@ -432,6 +519,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the scores as CSV")
     p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("search", help="BOHB hyperparameter search (Ray Tune), one per machine or generalized",
+                       description="TuneBOHB + HyperBandForBOHB over a search-space file; every trial is an MLflow "
+                                   "run. Works on a local Ray instance or an existing cluster (--address auto), also "
+                                   "as the entrypoint of `ray job submit`.")
+    p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
+    p.add_argument("--machine", nargs="+", default=None, help="one search per machine type")
+    p.add_argument("--all-machines", action="store_true", help="the seven DCASE dev machine types in turn")
+    p.add_argument("--generalized", action="store_true", help="one search for the generalized model")
+    p.add_argument("--space", type=Path, default=None,
+                   help="search-space file (default search_spaces/machine_default.yaml or generalized_default.yaml)")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="encoder.pt from `pretrain` (default: pre-train once per data roots and reuse)")
+    p.add_argument("--pretrain-dir", type=Path, default=Path("results/pretrain"), help="where automatic pre-training writes")
+    p.add_argument("--pretrain-epochs", type=int, default=5, help="epochs of automatic pre-training (default 5)")
+    p.add_argument("--num-samples", type=int, default=27, help="number of trials (default 27)")
+    p.add_argument("--max-epochs", type=int, default=81, help="Hyperband max_t in epochs (default 81)")
+    p.add_argument("--min-epochs", type=int, default=1, help="smallest budget = epochs per Tune iteration (default 1)")
+    p.add_argument("--eta", type=int, default=3, help="Hyperband reduction factor η (default 3)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions allowed, e.g. 0.25 (default 1 with CUDA, else 0)")
+    p.add_argument("--max-concurrent", type=int, default=0, help="concurrent trials (default 0 = as resources allow)")
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="fine-tuning batch size of every trial (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage-path", type=Path, default=Path("results/searches"), help="default results/searches")
+    p.add_argument("--name", default=None, help="search name (default: the machine, or 'generalized')")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default $RAY_ADDRESS or a local Ray")
+    add_model_options(p)
+    add_feature_options(p)
+    _common_run_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("final-train", help="retrain the best configs at full budget; results tables and submissions",
+                       description="Retrain each search's best configuration (early stopping, at most --max-epochs), "
+                                   "evaluate on the test split, write Table 2/3-style results, submission files and "
+                                   "final checkpoints, and log one MLflow run per model.")
+    p.add_argument("--best", type=Path, nargs="+", default=None, help="best_config.json files")
+    p.add_argument("--searches-dir", type=Path, default=None, help="take every <dir>/*/best_config.json")
+    p.add_argument("--out", type=Path, default=Path("results/final"), help="output folder (default results/final)")
+    p.add_argument("--max-epochs", type=int, default=100, help="at most this many epochs (default 100, paper)")
+    p.add_argument("--with-baseline", action="store_true", help="also train the DCASE AE baseline per machine")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root")
+    _common_run_options(p)
+    p.set_defaults(func=cmd_final_train)
 
     p = sub.add_parser("quickstart", help="the main job on a small synthetic data set (CPU, minutes)",
                        description="Synthesize a small DCASE-layout data set, extract features, pre-train a small "

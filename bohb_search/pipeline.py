@@ -142,7 +142,7 @@ class FinetuneSetup:
 
     table: FeatureTable
     machines: list[str]
-    encoder_cfg: EncoderConfig
+    encoder_cfg: EncoderConfig | None  # None for the AE baseline
     encoder_state: dict | None
     feature_cfg: FeatureConfig
 
@@ -160,9 +160,7 @@ def prepare_finetune(
     """Load features (from the cache) for the machines' train/test clips and the outlier pool."""
     if pretrained is not None:
         encoder_cfg, encoder_state, feature_cfg = load_pretrained(pretrained)
-    else:
-        if encoder_cfg is None:
-            raise DataError("from-scratch fine-tuning needs an encoder config (--preset …)")
+    else:  # from scratch, or the AE baseline (encoder_cfg None: no encoder at all)
         encoder_state = None
         feature_cfg = feature_cfg or FeatureConfig()
     manifest = read_manifests(data_roots)
@@ -176,11 +174,12 @@ def prepare_finetune(
         manifest["machine"].isin(machines) & (manifest["split"] == "test"))
     table = load_feature_table(manifest[wanted].reset_index(drop=True), feature_cfg, cache_dir, on_bad_file,
                                progress=not quiet)
-    if encoder_state is None:  # from scratch: size for these features, normalise with their statistics
-        encoder_cfg = fit_encoder_to_features(encoder_cfg, feature_cfg)
-        mean, std = feature_stats(table.features)
-        encoder_cfg = EncoderConfig.from_dict({**encoder_cfg.to_dict(), "input_mean": mean, "input_std": std})
-    table.features = table.features[..., : encoder_cfg.n_frames]
+    if encoder_cfg is not None:
+        if encoder_state is None:  # from scratch: size for these features, normalise with their statistics
+            encoder_cfg = fit_encoder_to_features(encoder_cfg, feature_cfg)
+            mean, std = feature_stats(table.features)
+            encoder_cfg = EncoderConfig.from_dict({**encoder_cfg.to_dict(), "input_mean": mean, "input_std": std})
+        table.features = table.features[..., : encoder_cfg.n_frames]
     return FinetuneSetup(table, machines, encoder_cfg, encoder_state, feature_cfg)
 
 
@@ -256,12 +255,18 @@ def run_finetune(
     on_bad_file: str = "fail",
     threshold_percentile: float = 0.9,
     quiet: bool = False,
+    feature_cfg: FeatureConfig | None = None,
 ) -> Path:
     """Fine-tune one model (one machine, or several pooled = generalized); returns ``model.pt``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    setup = prepare_finetune(data_roots, machines, pretrained if model_kind != "ae" else None,
-                             encoder_cfg, None, cache_dir, on_bad_file, quiet)
+    if model_kind == "ae":
+        if pretrained is not None:  # the baseline reads the same features as the model it is compared with
+            feature_cfg = load_pretrained(pretrained)[2]
+        pretrained, encoder_cfg = None, None
+    elif pretrained is None and encoder_cfg is None:
+        raise DataError("from-scratch fine-tuning needs an encoder config (--preset …)")
+    setup = prepare_finetune(data_roots, machines, pretrained, encoder_cfg, feature_cfg, cache_dir, on_bad_file, quiet)
     trainer = build_trainer(setup, cfg, model_kind, device)
     _log(f"fine-tuning {model_kind} on {', '.join(setup.machines)}: {trainer.data.n_train} balanced training clips; "
          f"validation: {trainer.data.val_source}", quiet)
