@@ -133,8 +133,13 @@ def make_trainable():
             import torch
 
             torch.set_num_threads(max(1, int(threads)))
-            cfg = space.to_finetune_config(dict(config), FinetuneConfig.from_dict(base_config))
+            self._args = (ft_setup, space, base_config, device)
             self.epochs_per_iteration = epochs_per_iteration
+            self._build(config)
+
+        def _build(self, config):
+            ft_setup, space, base_config, device = self._args
+            cfg = space.to_finetune_config(dict(config), FinetuneConfig.from_dict(base_config))
             self.trainer = build_trainer(ft_setup, cfg, "ssm", device)
             self.restored_from_epoch = 0
             # testing hook (fault injection): trials whose lr exceeds this value raise at their first step
@@ -157,6 +162,11 @@ def make_trainable():
             if early:
                 m["done"] = True  # Tune ends the trial; the scheduler's budget is not needed any more
             return m
+
+        def reset_config(self, new_config):
+            """Actor reuse: a new trial in this worker process gets a fresh trainer (data stay loaded)."""
+            self._build(new_config)
+            return True
 
         def save_checkpoint(self, checkpoint_dir):
             save_checkpoint(Path(checkpoint_dir) / "trainer.pt", self.trainer.state_dict())
@@ -186,6 +196,8 @@ def _ray_init(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        # a single-machine Ray: keep all of its traffic on the loopback interface
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
@@ -230,6 +242,7 @@ def best_config(table: pd.DataFrame, space: SearchSpace, settings: SearchSetting
     row = ok.sort_values([METRIC, "epoch"], ascending=[False, False]).iloc[0]
     hp = {c[len("config/"):]: _py(row[c]) for c in ok.columns if c.startswith("config/") and pd.notna(row[c])}
     cfg = space.to_finetune_config(hp, FinetuneConfig.from_dict(settings.base_config))
+    hp = {k: getattr(cfg, k) for k in hp}  # typed as FinetuneConfig declares them (pandas made ints floats)
     return {
         "search": settings.name,
         "hyperparameters": hp,
@@ -306,6 +319,9 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
     )
+    # snapshot the experiment state at least every second (Ray's "auto" waits >= 10 s), so that a
+    # driver killed mid-search loses at most the trials created in the last second
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     tracker = SearchTracker(tracking_uri, experiment, settings.name)
     tracker.log_settings({k: v for k, v in settings.to_dict().items() if k != "base_config"})
     t0 = time.perf_counter()
@@ -319,10 +335,19 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                                      reduction_factor=settings.eta, metric=METRIC, mode="max")
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
-            max_concurrent_trials=settings.max_concurrent or None, reuse_actors=False),
+            max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),
             run_config=run_config)
     grid = tuner.fit()
     table = trials_table(grid, settings)
+    if resume:
+        # trials the driver had started after its last state snapshot do not exist in the restored
+        # experiment (Tune replaced them with new trials); their runs are removed (soft delete) so that
+        # MLflow keeps exactly one run per trial of the search
+        known = set(table["trial_id"].astype(str))
+        for trial_id, run_id in tracker.trial_runs().items():
+            if trial_id not in known:
+                tracker.client.set_tag(run_id, "trial_status", "ORPHANED")
+                tracker.client.delete_run(run_id)
     atomic_write_csv(table, out / "trials.csv")
     best = best_config(table, space, settings)
     best["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -59,6 +59,9 @@ class SearchSpace:
         d = (base or FinetuneConfig()).to_dict()
         d.update(self.fixed)
         d.update({k: _plain(v) for k, v in sampled.items()})
+        for f in fields(FinetuneConfig):  # values that went through pandas/JSON may be 3.0 for 3
+            if f.type in ("int", int) and isinstance(d.get(f.name), float) and d[f.name].is_integer():
+                d[f.name] = int(d[f.name])
         return FinetuneConfig.from_dict(d)
 
 

@@ -13,6 +13,7 @@ FIXTURES = REPO / "tests" / "fixtures"
 SHARED_CLIPS = REPO.parent / "shared" / "data" / "real_clips"
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1 only
 
 
 @pytest.fixture(autouse=True)
