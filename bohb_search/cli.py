@@ -395,11 +395,12 @@ def cmd_final_train(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from bohb_search.quickstart import QuickstartConfig, run_quickstart
 
-    q = QuickstartConfig(out=args.out, finetune_machines=tuple(args.finetune_machines),
-                         train_source=args.train_source, train_target=args.train_target,
-                         test_per_cell=args.test_per_cell, seconds=args.seconds,
-                         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
-                         dim=args.dim, depth=args.depth, seed=args.seed, device=args.device, quiet=args.quiet)
+    q = QuickstartConfig(out=args.out, search_machine=args.machine, train_source=args.train_source,
+                         train_target=args.train_target, test_per_cell=args.test_per_cell, seconds=args.seconds,
+                         pretrain_epochs=args.pretrain_epochs, machine_trials=args.trials,
+                         machine_max_epochs=args.max_epochs, final_max_epochs=args.final_max_epochs,
+                         dim=args.dim, depth=args.depth, seed=args.seed, device=args.device,
+                         tracking_uri=args.tracking_uri, fresh=args.fresh, quiet=args.quiet)
     try:
         run_quickstart(q)
     except _user_errors() as err:
@@ -571,18 +572,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="the main job on a small synthetic data set (CPU, minutes)",
                        description="Synthesize a small DCASE-layout data set, extract features, pre-train a small "
-                                   "encoder, fine-tune and evaluate; prints the results tables.")
+                                   "encoder, run a BOHB search for one machine and a small generalized one (MLflow-"
+                                   "tracked), retrain the best configs with the AE baseline, print the results tables.")
     p.add_argument("--out", type=Path, default=Path("results/quickstart"), help="output folder (default results/quickstart)")
-    p.add_argument("--finetune-machines", nargs="+", default=["fan"], help="machine-specific models to train (default fan)")
-    p.add_argument("--train-source", type=int, default=60, help="source normal training clips per machine (default 60)")
-    p.add_argument("--train-target", type=int, default=6, help="target normal training clips per machine (default 6)")
+    p.add_argument("--machine", default="fan", help="machine type of the machine-specific search (default fan)")
+    p.add_argument("--trials", type=int, default=9, help="BOHB trials of the machine search (default 9)")
+    p.add_argument("--max-epochs", type=int, default=9, help="Hyperband max_t of the machine search (default 9)")
+    p.add_argument("--final-max-epochs", type=int, default=9, help="epochs of the final retrain (default 9)")
+    p.add_argument("--train-source", type=int, default=40, help="source normal training clips per machine (default 40)")
+    p.add_argument("--train-target", type=int, default=4, help="target normal training clips per machine (default 4)")
     p.add_argument("--test-per-cell", type=int, default=10, help="test clips per domain × label (default 10)")
     p.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
     p.add_argument("--pretrain-epochs", type=int, default=2)
-    p.add_argument("--finetune-epochs", type=int, default=9)
     p.add_argument("--dim", type=int, default=64, help="encoder width (default 64)")
     p.add_argument("--depth", type=int, default=4, help="encoder blocks (default 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<out>/mlflow.db)")
+    p.add_argument("--fresh", action="store_true", help="delete the output folder first instead of reusing it")
     _common_run_options(p)
     p.set_defaults(func=cmd_quickstart)
 

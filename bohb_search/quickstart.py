@@ -1,11 +1,14 @@
 """``quickstart``: the main job, end to end on a small synthetic data set, on CPU in minutes.
 
-synthesize → summary → features (cached) → pre-train a small encoder → fine-tune (pOE + GRL) →
-evaluate with the official metrics → results tables and submission files.
+synthesize → features (cached) → pre-train a small encoder → a BOHB search (Ray Tune, η = 3) for one
+machine and a small one for the generalized model, every trial tracked in MLflow → final retrain of
+the best configurations (+ the AE baseline) → official metrics, Table 2/3-style results, submission files.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,26 +17,36 @@ from data.features import FeatureConfig, extract_features
 from data.manifest import read_manifest, summarize
 from data.synth import DEV_MACHINES, SynthConfig, synthesize
 
-from .configs import FinetuneConfig, PretrainConfig
-from .pipeline import run_evaluate, run_finetune, run_pretrain
-from .reporting import table2, table3, to_markdown, write_tables
+from .configs import PretrainConfig
+from .final import run_final_train
+from .pipeline import run_pretrain
+from .reporting import table2, table3, to_markdown
+from .search import SearchSettings, default_space, run_search
+from .tracking import resolve_tracking_uri
 
 
 @dataclass
 class QuickstartConfig:
     out: Path = Path("results/quickstart")
-    machines: tuple[str, ...] = DEV_MACHINES  # synthesized (all take part in pre-training)
-    finetune_machines: tuple[str, ...] = ("fan",)  # machine-specific models trained and evaluated
-    train_source: int = 60
-    train_target: int = 6
+    machines: tuple[str, ...] = DEV_MACHINES  # synthesized; all take part in pre-training
+    search_machine: str = "fan"  # the machine-specific search
+    train_source: int = 40
+    train_target: int = 4
     test_per_cell: int = 10
     seconds: float = 10.0
     pretrain_epochs: int = 2
-    finetune_epochs: int = 9
     dim: int = 64
     depth: int = 4
+    machine_trials: int = 9  # BOHB trials of the machine search (max 9 epochs, η = 3)
+    machine_max_epochs: int = 9
+    generalized_trials: int = 3  # the generalized search is smaller: each epoch sees every machine
+    generalized_max_epochs: int = 3
+    final_max_epochs: int = 9
+    batch_size: int = 64
     seed: int = 0
     device: str = "auto"
+    tracking_uri: str | None = None
+    fresh: bool = False  # start over instead of reusing outputs of an earlier quickstart
     quiet: bool = False
     timings: dict = field(default_factory=dict)
 
@@ -41,9 +54,12 @@ class QuickstartConfig:
 def run_quickstart(q: QuickstartConfig) -> dict:
     from models import encoder_preset
 
-    out = Path(q.out)
+    out = Path(q.out).resolve()
+    if q.fresh and out.exists():
+        shutil.rmtree(out)
     data_dir = out / "data"
     cache = out / "feature_cache"
+    tracking_uri = resolve_tracking_uri(q.tracking_uri or f"sqlite:///{out / 'mlflow.db'}")
     t_start = time.perf_counter()
 
     def stage(name: str, t0: float) -> None:
@@ -56,7 +72,6 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     if not (data_dir / "synth_manifest.csv").exists():
         synthesize(data_dir, scfg, progress=not q.quiet)
     stage("synthesize", t0)
-
     manifest = read_manifest(data_dir)
     print(summarize(manifest).pivot_table(index=["machine", "split", "label"], columns="domain", values="clips",
                                           aggfunc="sum", fill_value=0).to_string())
@@ -69,37 +84,49 @@ def run_quickstart(q: QuickstartConfig) -> dict:
 
     t0 = time.perf_counter()
     enc = encoder_preset("tiny", dim=q.dim, depth=q.depth, n_heads=max(1, q.dim // 64))
-    pre = run_pretrain([data_dir], out / "pretrain", enc,
-                       PretrainConfig(epochs=q.pretrain_epochs, batch_size=64, seed=q.seed), feature_cfg,
-                       cache, q.device, quiet=q.quiet)
+    pretrained = run_pretrain([data_dir], out / "pretrain", enc,
+                              PretrainConfig(epochs=q.pretrain_epochs, batch_size=q.batch_size, seed=q.seed),
+                              feature_cfg, cache, q.device, quiet=q.quiet)
     stage("pretrain", t0)
 
-    reports = {}
-    for machine in q.finetune_machines:
+    searches = [(q.search_machine, [q.search_machine], q.machine_trials, q.machine_max_epochs),
+                ("generalized", None, q.generalized_trials, q.generalized_max_epochs)]
+    best_files = []
+    for name, machines, trials, max_epochs in searches:
         t0 = time.perf_counter()
-        cfg = FinetuneConfig(max_epochs=q.finetune_epochs, batch_size=64, unfreeze_k=min(2, q.depth), lr=3e-4,
-                             seed=q.seed)
-        model = run_finetune([data_dir], out / "finetune" / machine, cfg, [machine], pre, cache_dir=cache,
-                             device=q.device, quiet=q.quiet)
-        report = run_evaluate(model, [data_dir], out / "evaluate" / machine, system=f"Proposed ({machine})",
-                              cache_dir=cache, quiet=q.quiet)
-        reports[machine] = report
-        stage(f"finetune+evaluate {machine}", t0)
+        settings = SearchSettings(
+            name=name, data=[str(data_dir)], machines=machines, pretrained=str(pretrained),
+            space=default_space(machines is None), num_samples=trials, max_epochs=max_epochs, eta=3,
+            seed=q.seed, storage_path=str(out / "searches"), tracking_uri=tracking_uri, cache_dir=str(cache),
+            batch_size=q.batch_size, device=q.device)
+        best_path = settings.out_dir / "best_config.json"
+        if not best_path.exists():
+            resume = (settings.out_dir / "search_settings.json").exists()  # an interrupted quickstart
+            best = run_search(settings, resume=resume, verbose=0 if q.quiet else 1)
+        else:
+            best = json.loads(best_path.read_text())
+        print(f"[quickstart] search {name}: best validation AUC {best['metric']['value']:.3f} "
+              f"at {best['budget_epochs']} epochs ({best['trials']})")
+        best_files.append(best_path)
+        stage(f"search {name}", t0)
 
-    if reports:
-        # one table over all machine-specific models (each contributes its own machine's rows)
-        import pandas as pd
+    t0 = time.perf_counter()
+    reports = run_final_train(best_files, out / "final", q.final_max_epochs, baseline=True,
+                              tracking_uri=tracking_uri, cache_dir=str(cache), device=q.device, quiet=q.quiet)
+    stage("final-train", t0)
 
-        from .metrics import evaluate_scores
-
-        scores = pd.concat([pd.read_csv(out / "evaluate" / m / "scores.csv") for m in reports])
-        combined = evaluate_scores(scores[scores["label"].isin(["normal", "anomaly"])])
-        write_tables({"Proposed (machine-specific)": combined}, out / "tables")
-        print()
-        print(to_markdown(table2({"Proposed (machine-specific)": combined})))
-        print()
-        print(to_markdown(table3({"Proposed (machine-specific)": combined})))
+    print()
+    print(to_markdown(table2(reports)))
+    print()
+    print(to_markdown(table3(reports)))
     q.timings["total"] = round(time.perf_counter() - t_start, 1)
-    print(f"\n[quickstart] done in {q.timings['total']:.0f} s. Outputs under {out}/: data/, pretrain/, finetune/, "
-          f"evaluate/<machine>/submission/, tables/")
+    print(f"""
+[quickstart] done in {q.timings['total']:.0f} s. Everything is under {out}/:
+  data/                 the synthetic DCASE-layout data set
+  pretrain/encoder.pt   the pre-trained encoder
+  searches/<name>/      best_config.json, trials.csv, Ray Tune experiment (ray/)
+  final/tables/         table2/table3 (.csv, .md), per_section.csv, summary.json
+  final/evaluate/<name>/submission/   DCASE anomaly_score_*/decision_result_* files
+  final/models/<name>/model.pt        final checkpoints (score new recordings: bohb-search score --model …)
+Compare the trials in MLflow:  mlflow ui --backend-store-uri {tracking_uri}""")
     return q.timings
