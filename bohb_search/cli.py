@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-target", type=int, default=4, help="target normal training clips per machine (default 4)")
     p.add_argument("--test-per-cell", type=int, default=10, help="test clips per domain × label (default 10)")
     p.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
-    p.add_argument("--pretrain-epochs", type=int, default=2)
+    p.add_argument("--pretrain-epochs", type=int, default=10, help="default 10")
     p.add_argument("--dim", type=int, default=64, help="encoder width (default 64)")
     p.add_argument("--depth", type=int, default=4, help="encoder blocks (default 4)")
     p.add_argument("--seed", type=int, default=0)

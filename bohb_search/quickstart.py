@@ -34,7 +34,8 @@ class QuickstartConfig:
     train_target: int = 4
     test_per_cell: int = 10
     seconds: float = 10.0
-    pretrain_epochs: int = 2
+    pretrain_epochs: int = 10  # a small model from scratch on ~300 clips needs more, faster epochs than the paper's 5 at 1e-4
+    pretrain_lr: float = 1e-3
     dim: int = 64
     depth: int = 4
     machine_trials: int = 9  # BOHB trials of the machine search (max 9 epochs, η = 3)
@@ -85,7 +86,7 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     t0 = time.perf_counter()
     enc = encoder_preset("tiny", dim=q.dim, depth=q.depth, n_heads=max(1, q.dim // 64))
     pretrained = run_pretrain([data_dir], out / "pretrain", enc,
-                              PretrainConfig(epochs=q.pretrain_epochs, batch_size=q.batch_size, seed=q.seed),
+                              PretrainConfig(epochs=q.pretrain_epochs, lr=q.pretrain_lr, batch_size=32, seed=q.seed),
                               feature_cfg, cache, q.device, quiet=q.quiet)
     stage("pretrain", t0)
 

@@ -32,6 +32,8 @@ from .configs import FinetuneConfig
 from .spaces import SearchSpace, default_space_path, load_search_space
 
 METRIC = "best_val_auc"  # validation AUC of the best epoch so far (what final-train keeps)
+SEARCHERS = ("bohb", "random")
+SCHEDULERS = ("hyperband_bohb", "hyperband", "asha", "fifo")
 DEFAULT_SEARCHES_DIR = Path("results/searches")
 
 
@@ -63,6 +65,9 @@ class SearchSettings:
     batch_size: int = 256
     device: str = "auto"
     base_config: dict = field(default_factory=dict)  # FinetuneConfig fields fixed for every trial
+    searcher: str = "bohb"  # "bohb" (TuneBOHB) | "random" (uniform samples of the same ConfigSpace)
+    scheduler: str = "hyperband_bohb"  # "hyperband_bohb" | "hyperband" | "asha" | "fifo" (no early stopping)
+    epoch_budget: int = 0  # stop the whole search once this many epochs were trained over all trials (0 = off)
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -75,6 +80,14 @@ class SearchSettings:
             raise SearchError(f"--eta must be >= 2, got {self.eta}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
             raise SearchError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        if self.searcher not in SEARCHERS:
+            raise SearchError(f"searcher must be one of {', '.join(SEARCHERS)}, got {self.searcher!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise SearchError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if (self.searcher == "bohb") != (self.scheduler == "hyperband_bohb"):
+            raise SearchError("TuneBOHB needs the HyperBandForBOHB scheduler and vice versa")
+        if self.epoch_budget < 0:
+            raise SearchError(f"epoch_budget must be >= 0, got {self.epoch_budget}")
 
     @property
     def out_dir(self) -> Path:
@@ -115,6 +128,81 @@ def _resumable_bohb_class():
             self.running.discard(trial_id)
 
     return ResumableTuneBOHB
+
+
+def _random_configspace_searcher_class():
+    from ray.tune.search import Searcher
+
+    class ConfigSpaceRandomSearch(Searcher):
+        """Uniform random samples of the SAME ConfigurationSpace BOHB searches (for fair comparisons)."""
+
+        def __init__(self, space, metric: str, mode: str, seed: int = 0):
+            super().__init__(metric=metric, mode=mode)
+            self._space = space
+            self._space.seed(seed)
+
+        def suggest(self, trial_id: str):
+            return {k: _py(v) for k, v in dict(self._space.sample_configuration()).items()}
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+            pass
+
+        def save(self, checkpoint_path: str):
+            import pickle
+
+            with open(checkpoint_path, "wb") as fh:
+                pickle.dump(self._space, fh)
+
+        def restore(self, checkpoint_path: str):
+            import pickle
+
+            with open(checkpoint_path, "rb") as fh:
+                self._space = pickle.load(fh)
+
+    return ConfigSpaceRandomSearch
+
+
+def _epoch_budget_stopper(budget: int):
+    from ray.tune.stopper import Stopper
+
+    class EpochBudgetStopper(Stopper):
+        """Ends the whole experiment once ``budget`` epochs were trained, summed over all trials."""
+
+        def __init__(self):
+            self.seen: dict[str, int] = {}
+
+        def __call__(self, trial_id, result):
+            self.seen[trial_id] = max(self.seen.get(trial_id, 0), int(result.get("epoch", 0)))
+            return False
+
+        def stop_all(self):
+            return sum(self.seen.values()) >= budget
+
+    return EpochBudgetStopper()
+
+
+def make_searcher_and_scheduler(settings: "SearchSettings", space: SearchSpace):
+    """The (search algorithm, scheduler) pair named by the settings; max_t is in Tune iterations."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB, HyperBandScheduler
+
+    max_t = settings.max_epochs // settings.min_epochs
+    if settings.searcher == "bohb":
+        searcher = _resumable_bohb_class()(space=space.configspace, metric=METRIC, mode="max", seed=settings.seed,
+                                           max_concurrent=settings.max_concurrent)
+    else:
+        searcher = _random_configspace_searcher_class()(space.configspace, METRIC, "max", settings.seed)
+    if settings.scheduler == "hyperband_bohb":
+        scheduler = HyperBandForBOHB(time_attr="training_iteration", max_t=max_t, reduction_factor=settings.eta,
+                                     metric=METRIC, mode="max")
+    elif settings.scheduler == "hyperband":
+        scheduler = HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=settings.eta,
+                                       metric=METRIC, mode="max")
+    elif settings.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=1,
+                                  reduction_factor=settings.eta, metric=METRIC, mode="max")
+    else:
+        scheduler = FIFOScheduler()
+    return searcher, scheduler
 
 
 def make_trainable():
@@ -217,6 +305,8 @@ def trials_table(result_grid, settings: SearchSettings) -> pd.DataFrame:
         last_epoch = int(df["epoch"].max()) if "epoch" in df and df["epoch"].notna().any() else 0
         if res.error is not None:
             status = "FAILED"
+        elif last_epoch == 0:
+            status = "NOT_STARTED"  # created, then the search ended (epoch budget) before its first result
         elif bool(df.get("early_stopped", pd.Series([False])).fillna(False).astype(bool).any()) or \
                 last_epoch >= settings.max_epochs:
             status = "FINISHED"
@@ -274,7 +364,6 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                verbose: int = 1, extra_callbacks: list | None = None) -> dict:
     """Run (or resume) one BOHB search; returns the best configuration (also in best_config.json)."""
     from ray import tune
-    from ray.tune.schedulers import HyperBandForBOHB
 
     from .pipeline import load_pretrained, prepare_finetune
     from .tracking import MLflowTrialCallback, SearchTracker, resolve_tracking_uri
@@ -303,7 +392,6 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                              quiet=verbose == 0)
     _ray_init(address)
     epochs_per_iteration = settings.min_epochs
-    max_t = settings.max_epochs // settings.min_epochs
     base = {**settings.base_config, "max_epochs": settings.max_epochs, "batch_size": settings.batch_size,
             "seed": settings.seed}
     settings.base_config = base
@@ -316,6 +404,7 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                  *(extra_callbacks or [])]
     run_config = tune.RunConfig(
         name="ray", storage_path=str(out), callbacks=callbacks, verbose=verbose,
+        stop=_epoch_budget_stopper(settings.epoch_budget) if settings.epoch_budget else None,
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
     )
@@ -329,10 +418,11 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
         tuner = tune.Tuner.restore(str(out / "ray"), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
-        searcher = _resumable_bohb_class()(space=space.configspace, metric=METRIC, mode="max", seed=settings.seed,
-                                           max_concurrent=settings.max_concurrent)
-        scheduler = HyperBandForBOHB(time_attr="training_iteration", max_t=max_t,
-                                     reduction_factor=settings.eta, metric=METRIC, mode="max")
+        searcher, scheduler = make_searcher_and_scheduler(settings, space)
+        if settings.searcher == "random" and settings.max_concurrent:
+            from ray.tune.search import ConcurrencyLimiter
+
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
             max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),
