@@ -106,18 +106,6 @@ def fit_length(wave: np.ndarray, num_samples: int, pad_mode: str = "repeat") -> 
     return out
 
 
-def load_clip(path: str | Path, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
-    """Load one clip as a float32 array of exactly ``cfg.num_samples`` samples at ``cfg.sample_rate``."""
-    wave, sr = read_audio(path, cfg.channel)
-    if wave.shape[0] < cfg.min_seconds * sr:
-        raise BadAudioError(
-            path, f"too short: {wave.shape[0] / sr:.3f} s < min_seconds={cfg.min_seconds} s"
-        )
-    if sr != cfg.sample_rate:
-        wave = AF.resample(torch.from_numpy(wave), sr, cfg.sample_rate).numpy()
-    return fit_length(wave, cfg.num_samples, cfg.pad_mode)
-
-
 def load_any_length(path: str | Path, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
     """Load a clip at the model rate WITHOUT pad/crop (for scoring recordings of any length)."""
     wave, sr = read_audio(path, cfg.channel)
@@ -128,3 +116,8 @@ def load_any_length(path: str | Path, cfg: AudioConfig = AudioConfig()) -> np.nd
     if sr != cfg.sample_rate:
         wave = AF.resample(torch.from_numpy(wave), sr, cfg.sample_rate).numpy()
     return wave
+
+
+def load_clip(path: str | Path, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """Load one clip as a float32 array of exactly ``cfg.num_samples`` samples at ``cfg.sample_rate``."""
+    return fit_length(load_any_length(path, cfg), cfg.num_samples, cfg.pad_mode)
