@@ -61,7 +61,8 @@ def load_best(path: Path) -> dict:
     return best
 
 
-def _log_final_run(tracking_uri: str, name: str, best: dict, report: EvaluationReport | None, model_path: Path) -> None:
+def _log_final_run(tracking_uri: str, name: str, best: dict, report: EvaluationReport | None, model_path: Path,
+                   plots: list[Path]) -> None:
     from mlflow.entities import Metric, Param
 
     from .tracking import _client, _flat_params, resolve_tracking_uri
@@ -76,6 +77,8 @@ def _log_final_run(tracking_uri: str, name: str, best: dict, report: EvaluationR
         metrics = [Metric("official_score", report.official_score, 0, 0), Metric("total_hmean", report.total_hmean, 0, 0)]
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()], metrics=metrics)
     client.log_artifact(run.info.run_id, str(model_path))
+    for png in plots:
+        client.log_artifact(run.info.run_id, str(png), "plots")
     client.set_terminated(run.info.run_id, "FINISHED")
 
 
@@ -96,7 +99,7 @@ def run_final_train(best_paths: list[Path], out_dir: Path, max_epochs: int = 100
         report = run_evaluate(model, best["data"], ev_dir, system=name, cache_dir=cache_dir, quiet=quiet)
         scores = pd.read_csv(ev_dir / "scores.csv")
         finals.append(FinalModel(name, system, model, scores, best))
-        _log_final_run(tracking_uri, name, best, report, model)
+        _log_final_run(tracking_uri, name, best, report, model, sorted((ev_dir / "plots").glob("*.png")))
         if baseline and not best.get("generalized"):
             ae_dir = out / "models" / f"{name}-ae"
             ae_cfg = FinetuneConfig(lr=1e-3, max_epochs=max_epochs, batch_size=cfg.batch_size, seed=cfg.seed)

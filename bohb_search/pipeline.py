@@ -320,6 +320,10 @@ def run_evaluate(model_path: str | Path, data_roots: Sequence[str | Path], out_d
     report = evaluate_scores(labelled)
     write_tables({system or Path(model_path).parent.name: report}, out)
     _json(out / "metrics.json", report.to_dict())
+    from .plots import plot_roc_curves, plot_score_histograms
+
+    plot_roc_curves(labelled, out / "plots")
+    plot_score_histograms(labelled, out / "plots")
     return report
 
 

@@ -320,7 +320,7 @@ def trials_table(result_grid, settings: SearchSettings) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     keep_first = ["trial_id", "status", "epoch", "val_auc", METRIC, "error"]
     cols = [c for c in keep_first if c in table] + sorted(c for c in table if c not in keep_first)
-    drop = {"config", "hostname", "node_ip", "pid", "date", "timestamp", "checkpoint_dir_name", "should_checkpoint"}
+    drop = {"config", "hostname", "node_ip", "pid", "date", "checkpoint_dir_name", "should_checkpoint"}
     return table[[c for c in cols if c not in drop]]
 
 
@@ -443,7 +443,12 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
     best["wall_seconds"] = round(time.perf_counter() - t0, 1)
     best["trials"] = {s: int(n) for s, n in table.groupby("status")["trial_id"].nunique().items()}
     atomic_write_text(out / "best_config.json", json.dumps(best, indent=2, default=_py) + "\n")
-    tracker.finish([out / "best_config.json", out / "trials.csv", out / "search_space.yaml", settings_path],
+    from .plots import plot_search_progress
+
+    started = table.dropna(subset=["epoch"]) if "epoch" in table else table
+    plot_search_progress(started, out / "search_progress.png", settings.max_epochs)
+    tracker.finish([out / "best_config.json", out / "trials.csv", out / "search_space.yaml", settings_path,
+                    out / "search_progress.png"],
                    {f"best_{METRIC}": best["metric"]["value"], "best_budget_epochs": best["budget_epochs"]})
     return best
 

@@ -50,6 +50,10 @@ def test_pretrain_finetune_evaluate_score(synth_set, tmp_path):
     assert "official score" in res.stdout
     for name in ("table2.csv", "table2.md", "table3.csv", "table3.md", "scores.csv", "metrics.json"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
+    from bohb_search.plots import is_png
+
+    assert is_png(tmp_path / "eval" / "plots" / f"roc_{EASY}.png")
+    assert is_png(tmp_path / "eval" / "plots" / f"hist_{EASY}.png")
     sub = tmp_path / "eval" / "submission"
     assert (sub / f"anomaly_score_{EASY}_section_00_test.csv").exists()
     assert (sub / f"decision_result_{EASY}_section_00_test.csv").exists()

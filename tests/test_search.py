@@ -94,6 +94,13 @@ def test_bohb_search_pauses_and_resumes_trials(env, fan_search):
         assert steps == list(range(1, per_trial.loc[r.data.tags["ray_trial_id"], "epochs"] + 1))
         assert r.data.tags["trial_status"] in ("FINISHED", "KILLED") and "lr" in r.data.params
 
+    from bohb_search.plots import is_png
+
+    assert is_png(fan_search / "search_progress.png")
+    parent = client.search_runs([runs[0].info.experiment_id], filter_string="tags.`bohb_search.role` = 'search'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.json", "trials.csv", "search_space.yaml", "search_progress.png"} <= logged
+
     again = run_cli(*search_args(env, "fan-bohb"))
     assert again.returncode == 2 and "already exists; use --resume" in again.stderr
 
@@ -216,6 +223,8 @@ def test_ray_job_submit_to_a_started_cluster(env, tmp_path):
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep the cluster on 127.0.0.1
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "RAY_TMPDIR": str(ray_tmp)}
+    # token authentication (Ray 2.60): make sure a token exists for this user (no-op when it does)
+    subprocess.run([ray, "get-auth-token", "--generate"], env=cenv, capture_output=True, timeout=60)
     started = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
                               "--temp-dir", str(ray_tmp), "--disable-usage-stats"],
@@ -267,5 +276,15 @@ def test_final_train_on_two_searches(env, fan_search, tmp_path):
     table2 = pd.read_csv(out / "tables" / "table2.csv")
     row = table2[(table2.iloc[:, 0] == "Proposed (machine-specific)") & (table2.iloc[:, 1] == "TOTAL")]
     assert float(row["hmean"].iloc[0]) == pytest.approx(again.total_hmean, abs=5e-4)
+    from mlflow.tracking import MlflowClient
+
+    from bohb_search.plots import is_png
+
+    assert is_png(out / "evaluate" / "fan-bohb" / "plots" / "roc_fan.png")
+    client = MlflowClient(env["db"])
+    final_runs = client.search_runs([client.get_experiment_by_name("bohb-search/final").experiment_id])
+    assert {r.data.tags["bohb_search.search"] for r in final_runs} >= {"fan-bohb", "valve-small"}
+    arts = {a.path for a in client.list_artifacts(final_runs[0].info.run_id, "plots")}
+    assert any(p.endswith(".png") for p in arts)
     summary = json.loads((out / "tables" / "summary.json").read_text())
     assert summary["Proposed (machine-specific)"]["official_score"] == pytest.approx(again.official_score, abs=1e-9)
