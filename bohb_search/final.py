@@ -65,11 +65,11 @@ def _log_final_run(tracking_uri: str, name: str, best: dict, report: EvaluationR
                    plots: list[Path]) -> None:
     from mlflow.entities import Metric, Param
 
-    from .tracking import _client, _flat_params, resolve_tracking_uri
+    from .tracking import _client, _flat_params, get_or_create_experiment, resolve_tracking_uri
 
-    client = _client(resolve_tracking_uri(tracking_uri))
-    exp = client.get_experiment_by_name("bohb-search/final") or None
-    exp_id = exp.experiment_id if exp else client.create_experiment("bohb-search/final")
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    exp_id = get_or_create_experiment(client, "bohb-search/final", uri)
     run = client.create_run(exp_id, run_name=f"final {name}", tags={"bohb_search.role": "final", "bohb_search.search": name})
     params = _flat_params({"search": best.get("search"), **best["finetune_config"]})
     metrics = []

@@ -40,6 +40,27 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local (sqlite) store go next to the database, not into ./mlruns of whatever
+    directory the command ran in; a tracking server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts" / experiment.replace("/", "_")).resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(client, name: str, uri: str) -> str:
+    import mlflow
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -62,19 +83,10 @@ class SearchTracker:
     by the runner for the final artifacts)."""
 
     def __init__(self, tracking_uri: str, experiment: str, search_name: str):
-        import mlflow
-
         self.uri = tracking_uri
         self.client = _client(tracking_uri)
         self.search_name = search_name
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                self.experiment_id = self.client.create_experiment(experiment)
-            except mlflow.exceptions.MlflowException:  # created concurrently by another process
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
-        else:
-            self.experiment_id = exp.experiment_id
+        self.experiment_id = get_or_create_experiment(self.client, experiment, tracking_uri)
         parents = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'search' and tags.`{SEARCH_TAG}` = '{search_name}'")
         if parents:
