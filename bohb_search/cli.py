@@ -172,6 +172,16 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _user_errors_as_usage(handler):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except _user_errors() as err:
+            raise UsageError(str(err)) from None
+
+    return run
+
+
 def _user_errors():
     """Exceptions that mean bad input rather than a bug: reported as one line."""
     from bohb_search.datasets import DataError
@@ -569,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root")
     _common_run_options(p)
     p.set_defaults(func=cmd_final_train)
+
+    from bohb_search.experiments import add_ablate_parser, add_compare_searchers_parser
+
+    for register in (add_ablate_parser, add_compare_searchers_parser):
+        register(sub)
+    for name in ("ablate", "compare-searchers"):  # their handlers raise ValueError for bad input
+        sp = sub.choices[name]
+        sp.set_defaults(func=_user_errors_as_usage(sp.get_default("func")))
 
     p = sub.add_parser("quickstart", help="the main job on a small synthetic data set (CPU, minutes)",
                        description="Synthesize a small DCASE-layout data set, extract features, pre-train a small "

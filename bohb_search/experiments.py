@@ -72,17 +72,20 @@ def _say(msg: str, quiet: bool) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _check_settings(path: Path, settings: dict, what: str) -> None:
-    """Reuse finished runs only when ``out_dir`` was made with the same settings."""
-    text = json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n"
+def _check_settings(path: Path, settings: dict, what: str, free: Sequence[str] = ("seeds", "r1_seeds")) -> None:
+    """Reuse finished runs only when ``out_dir`` was made with the same settings.
+
+    The ``free`` keys (the seed lists) may change: every seed has its own run folders, so a later call
+    can add seeds to a table or report fewer of them.
+    """
+    new = json.loads(json.dumps(settings, sort_keys=True, default=str))
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(text):
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(text).get(k))
+        diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+        if diff:
             raise ValueError(f"{path.parent}: holds {what} made with other settings ({', '.join(diff)}); "
                              "use another --out or remove that folder")
-        return
-    atomic_write_text(path, text)
+    atomic_write_text(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
 def _seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -218,7 +221,6 @@ def run_ablation(
     from .configs import FinetuneConfig, PretrainConfig
     from .metrics import evaluate_scores
     from .pipeline import run_evaluate, run_finetune, run_pretrain
-    from .reporting import to_markdown
 
     seeds = _seeds(seeds)
     r1_seeds = seeds if r1_seeds is None else _seeds(r1_seeds)
@@ -425,8 +427,8 @@ def budget_curve(trials: pd.DataFrame, order: pd.DataFrame | None = None) -> pd.
         o["trial_id"] = o["trial_id"].astype(str)
         o["epoch"] = o["epoch"].astype(int)
         t = t.merge(o.drop_duplicates(["trial_id", "epoch"]), on=["trial_id", "epoch"], how="left")
-        t["_unseen"] = t["seq"].notna()  # results from before a resume (no seq) come first
-        t = t.sort_values(["_unseen", "seq", fallback], kind="stable")
+        t["_ordered"] = t["seq"].notna()  # results from before a resume (no seq) come first
+        t = t.sort_values(["_ordered", "seq", fallback], kind="stable")
     else:
         t = t.sort_values([fallback, "epoch"], kind="stable")
     prev = t.groupby("trial_id")["epoch"].shift(1).fillna(0)
@@ -471,7 +473,7 @@ def searchers_markdown(summary: pd.DataFrame, reference_value: float) -> str:
         "Searcher": summary["searcher"],
         "seeds": summary["seeds"],
         "final best val AUC": [_pm(m, s, 3) for m, s in zip(summary["final_best_mean"], summary["final_best_std"])],
-        "epochs used": summary["budget_used_mean"].round(1),
+        "epochs used": [f"{b:.1f}" for b in summary["budget_used_mean"]],
         f"epochs to reach random's final best ({reference_value:.3f})": [
             f"{b:.1f} ({r})" if np.isfinite(b) else f"not reached ({r})"
             for b, r in zip(summary["budget_to_random_best_mean"], summary["reached_random_best"])],

@@ -247,8 +247,10 @@ def make_trainable():
             m["restored_from_epoch"] = self.restored_from_epoch  # 0 = never paused; else the checkpoint's epoch
             early = bool(m.pop("done")) and self.trainer.epoch < self.trainer.cfg.max_epochs
             m["early_stopped"] = early
-            if early:
-                m["done"] = True  # Tune ends the trial; the scheduler's budget is not needed any more
+            if early or self.trainer.epoch >= self.trainer.cfg.max_epochs:
+                # early-stopped, or the full budget reached: Tune ends the trial (needed without a
+                # Hyperband scheduler, e.g. random search + FIFO, which never stops a trial itself)
+                m["done"] = True
             return m
 
         def reset_config(self, new_config):
