@@ -37,6 +37,17 @@ def tiny_set(tmp_path_factory):
 # ---- pure functions --------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _shutdown_ray_after_module():
+    """compare-searchers runs Ray inside this process; leave no Ray behind for later tests."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+
 def test_budget_curve_follows_arrival_order_and_counts_epochs():
     trials = pd.DataFrame({
         "trial_id": ["a", "a", "a", "b", "b", "c"],

@@ -216,6 +216,13 @@ def test_search_logs_to_a_real_mlflow_server(env, tmp_path):
 def test_ray_job_submit_to_a_started_cluster(env, tmp_path):
     import tempfile
 
+    import ray as ray_lib
+
+    # `ray stop --force` below ends every Ray process of this user: a Ray that an earlier test started
+    # inside this pytest process must be shut down first, or its core worker exits pytest with it
+    if ray_lib.is_initialized():
+        ray_lib.shutdown()
+
     ray = str(Path(sys.executable).parent / "ray")
     gcs, dash = _free_port(), _free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # AF_UNIX socket paths must stay < 108 bytes
