@@ -7,11 +7,13 @@ benchmarks can be re-run independently without clobbering each other's figures.
 from __future__ import annotations
 
 import os
+import time
 import platform
 import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -35,3 +37,17 @@ def update_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, alternating between them every repetition (noisy machines)."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(reps):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times

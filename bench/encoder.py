@@ -21,25 +21,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bench._report import machine_line, update_section
+from bench._report import interleaved, machine_line, update_section
 from models import ClassificationHead, build_encoder, encoder_preset
 from models.scan import selective_scan_reference, selective_scan_torch
 
 FRAMES_PER_10S = 1024
-
-
-def interleaved(candidates: dict[str, Callable[[], None]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, alternating between them every repetition."""
-    for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(reps):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def med(ts: list[float]) -> float:

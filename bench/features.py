@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench._report import machine_line, update_section
+from bench._report import interleaved, machine_line, update_section
 from data.audio import load_clip
 from data.features import FeatureConfig, LogMelExtractor, extract_features
 from data.synth import SynthConfig, synthesize
@@ -57,20 +57,6 @@ def librosa_logmel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         return db[..., :n]
     pad = [(0, 0)] * (db.ndim - 1) + [(0, n - db.shape[-1])]
     return np.pad(db, pad, mode="edge")
-
-
-def interleaved(candidates: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, alternating between them every repetition."""
-    for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(reps):
-        for name, fn in candidates.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def load_avg() -> str:

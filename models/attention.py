@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EncoderConfig
-from .layers import MLP, DropPath, make_norm
+from .layers import PreNormBlock
 
 
 class SelfAttention(nn.Module):
@@ -32,20 +32,8 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(PreNormBlock):
     """Pre-norm residual block: x + Attention(Norm(x)), then x + MLP(Norm(x))."""
 
     def __init__(self, cfg: EncoderConfig, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = make_norm(cfg.norm, cfg.dim)
-        self.mixer = SelfAttention(cfg.dim, cfg.n_heads, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.norm2 = make_norm(cfg.norm, cfg.dim) if cfg.mlp_ratio > 0 else None
-        self.mlp = MLP(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout) if cfg.mlp_ratio > 0 else None
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.drop(self.mixer(self.norm1(x))))
-        if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        super().__init__(SelfAttention(cfg.dim, cfg.n_heads, cfg.dropout), cfg.dim, cfg.norm, cfg.mlp_ratio, cfg.dropout, drop_path)

@@ -46,3 +46,26 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}"
+
+
+class PreNormBlock(nn.Module):
+    """Pre-norm residual block shared by both backbones: x + Mixer(Norm(x)), then x + MLP(Norm(x)).
+
+    ``mixer`` is the bidirectional SSM (Audio-Mamba) or self-attention; ``mlp_ratio`` 0 drops the MLP.
+    """
+
+    def __init__(self, mixer: nn.Module, dim: int, norm: str, mlp_ratio: float, dropout: float,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = make_norm(norm, dim)
+        self.mixer = mixer
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = make_norm(norm, dim) if mlp_ratio > 0 else None
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout) if mlp_ratio > 0 else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.drop(self.mixer(self.norm1(x))))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x

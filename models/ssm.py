@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EncoderConfig
-from .layers import MLP, DropPath, make_norm
+from .layers import PreNormBlock
 from .scan import selective_scan
 
 
@@ -106,20 +106,8 @@ class BiMambaMixer(nn.Module):
         return self.out_proj(g * y_f + (1.0 - g) * y_b)
 
 
-class SSMBlock(nn.Module):
-    """Pre-norm residual block: x + Mixer(Norm(x)), then x + MLP(Norm(x))."""
+class SSMBlock(PreNormBlock):
+    """Pre-norm residual block: x + BiMamba(Norm(x)), then x + MLP(Norm(x))."""
 
     def __init__(self, cfg: EncoderConfig, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = make_norm(cfg.norm, cfg.dim)
-        self.mixer = BiMambaMixer(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.norm2 = make_norm(cfg.norm, cfg.dim) if cfg.mlp_ratio > 0 else None
-        self.mlp = MLP(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout) if cfg.mlp_ratio > 0 else None
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.drop(self.mixer(self.norm1(x))))
-        if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+        super().__init__(BiMambaMixer(cfg), cfg.dim, cfg.norm, cfg.mlp_ratio, cfg.dropout, drop_path)
