@@ -134,18 +134,45 @@ def _random_configspace_searcher_class():
     from ray.tune.search import Searcher
 
     class ConfigSpaceRandomSearch(Searcher):
-        """Uniform random samples of the SAME ConfigurationSpace BOHB searches (for fair comparisons)."""
+        """Uniform random samples of the SAME ConfigurationSpace BOHB searches (for fair comparisons).
 
-        def __init__(self, space, metric: str, mode: str, seed: int = 0):
+        ``max_concurrent`` counts *running* trials only, as TuneBOHB does: Hyperband pauses a trial at
+        each rung until its bracket is full, and Ray's ConcurrencyLimiter would count that paused
+        trial as live, so with ``max_concurrent=1`` a bracket never got a second trial and every trial
+        ran to ``max_t`` (no early stopping at all). The scheduler reports pauses through
+        ``on_pause``/``on_unpause`` (HyperBandForBOHB calls them).
+        """
+
+        def __init__(self, space, metric: str, mode: str, seed: int = 0, max_concurrent: int = 0):
             super().__init__(metric=metric, mode=mode)
             self._space = space
             self._space.seed(seed)
+            self.max_concurrent = int(max_concurrent or 0)
+            self.running: set[str] = set()
+            self.paused: set[str] = set()
+
+        def set_max_concurrency(self, max_concurrent: int) -> bool:
+            # Tune then leaves this searcher unwrapped (no ConcurrencyLimiter around it)
+            self.max_concurrent = int(max_concurrent or 0)
+            return True
 
         def suggest(self, trial_id: str):
+            if self.max_concurrent and len(self.running) >= self.max_concurrent:
+                return None
+            self.running.add(trial_id)
             return {k: _py(v) for k, v in dict(self._space.sample_configuration()).items()}
 
+        def on_pause(self, trial_id: str):
+            self.paused.add(trial_id)
+            self.running.discard(trial_id)
+
+        def on_unpause(self, trial_id: str):
+            self.paused.discard(trial_id)
+            self.running.add(trial_id)
+
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
-            pass
+            self.running.discard(trial_id)
+            self.paused.discard(trial_id)
 
         def save(self, checkpoint_path: str):
             import pickle
@@ -183,20 +210,22 @@ def _epoch_budget_stopper(budget: int):
 
 def make_searcher_and_scheduler(settings: "SearchSettings", space: SearchSpace):
     """The (search algorithm, scheduler) pair named by the settings; max_t is in Tune iterations."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB, HyperBandScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandForBOHB
 
     max_t = settings.max_epochs // settings.min_epochs
     if settings.searcher == "bohb":
         searcher = _resumable_bohb_class()(space=space.configspace, metric=METRIC, mode="max", seed=settings.seed,
                                            max_concurrent=settings.max_concurrent)
     else:
-        searcher = _random_configspace_searcher_class()(space.configspace, METRIC, "max", settings.seed)
-    if settings.scheduler == "hyperband_bohb":
+        searcher = _random_configspace_searcher_class()(space.configspace, METRIC, "max", settings.seed,
+                                                        max_concurrent=settings.max_concurrent)
+    if settings.scheduler in ("hyperband_bohb", "hyperband"):
+        # "hyperband" is the same synchronous Hyperband as BOHB's, so that random search and BOHB
+        # differ only in how configurations are sampled. Ray's classic HyperBandScheduler is not used:
+        # it never tells the searcher that a trial was paused at a rung, so a concurrency limit counts
+        # paused trials and brackets stop filling.
         scheduler = HyperBandForBOHB(time_attr="training_iteration", max_t=max_t, reduction_factor=settings.eta,
                                      metric=METRIC, mode="max")
-    elif settings.scheduler == "hyperband":
-        scheduler = HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=settings.eta,
-                                       metric=METRIC, mode="max")
     elif settings.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=1,
                                   reduction_factor=settings.eta, metric=METRIC, mode="max")
@@ -421,10 +450,6 @@ def run_search(settings: SearchSettings, resume: bool = False, address: str | No
                                    restart_errored=False)
     else:
         searcher, scheduler = make_searcher_and_scheduler(settings, space)
-        if settings.searcher == "random" and settings.max_concurrent:
-            from ray.tune.search import ConcurrencyLimiter
-
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=settings.max_concurrent)
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
             max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),

@@ -171,3 +171,15 @@ def test_compare_searchers_equal_budget(tiny_set, tmp_path):
         assert path.stat().st_size > 0
     md = (tmp_path / "cmp" / "summary.md").read_text()
     assert all(name in md for name in SEARCHER_VARIANTS)
+
+
+def test_random_hyperband_stops_trials_early_with_one_concurrent_trial(tiny_set, tmp_path):
+    """With --max-concurrent 1 a paused trial must not hold the only slot: Hyperband fills its bracket
+    (3 trials at 1 epoch for max_t 3, η 3) instead of training one trial to max_t."""
+    res = run_compare_searchers([tiny_set], "fan", None, tmp_path / "cmp1", budget_epochs=3, seeds=(0,),
+                                max_epochs=3, eta=3, batch_size=16, device="cpu", seconds=SECONDS, dim=32,
+                                depth=2, pretrain_epochs=1, max_concurrent=1, searchers=["Random + HyperBand"])
+    trials = pd.read_csv(tmp_path / "cmp1" / "searches" / "random_hyperband-s0" / "trials.csv")
+    epochs = trials.groupby("trial_id")["epoch"].max()
+    assert len(epochs) >= 3 and (epochs < 3).all(), epochs.to_dict()
+    assert res["curves"]["budget"].max() == 3
