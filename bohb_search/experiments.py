@@ -478,6 +478,9 @@ def searchers_markdown(summary: pd.DataFrame, reference_value: float) -> str:
             f"{b:.1f} ({r})" if np.isfinite(b) else f"not reached ({r})"
             for b, r in zip(summary["budget_to_random_best_mean"], summary["reached_random_best"])],
     })
+    if "model_based_picks" in summary and summary["model_based_picks"].astype(str).str.len().gt(0).any():
+        # BOHB only: how many of its configurations came from the density model rather than at random
+        view["model-based picks"] = summary["model_based_picks"].fillna("").astype(str).replace("", "–").to_numpy()
     return to_markdown(view)
 
 
@@ -557,6 +560,7 @@ def run_compare_searchers(
     tracking_uri = tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
 
     curves, best_configs = [], {}
+    model_picks: dict[str, list[int]] = {}  # BOHB: [configurations from its density model, all configurations]
     for name in names:
         searcher, scheduler, slug = SEARCHER_VARIANTS[name]
         for seed in seeds:
@@ -583,6 +587,11 @@ def run_compare_searchers(
                 atomic_write_csv(order, run_dir / "result_order.csv")
                 _say(f"search {name}, seed {seed}: {time.perf_counter() - t0:.0f} s", quiet)
             trials = pd.read_csv(run_dir / "trials.csv")
+            if "model_based_pick" in trials:
+                per_trial = trials.drop_duplicates("trial_id")["model_based_pick"].dropna()
+                model_picks.setdefault(name, [0, 0])
+                model_picks[name][0] += int(per_trial.sum())
+                model_picks[name][1] += int(len(per_trial))
             order_path = run_dir / "result_order.csv"
             order = pd.read_csv(order_path) if order_path.exists() else None
             curve = budget_curve(trials, order)
@@ -592,6 +601,8 @@ def run_compare_searchers(
             best_configs[run_name] = json.loads((run_dir / "best_config.json").read_text())
     curves_df = pd.concat(curves, ignore_index=True)
     summary, reference = summarize_searchers(curves_df)
+    summary["model_based_picks"] = [f"{model_picks[n][0]}/{model_picks[n][1]}" if n in model_picks else ""
+                                    for n in summary["searcher"]]
     paths = {"curves": out / "curves.csv", "summary": out / "summary.csv", "markdown": out / "summary.md",
              "plot": out / "searchers.png"}
     atomic_write_csv(curves_df, paths["curves"])

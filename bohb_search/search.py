@@ -34,6 +34,7 @@ from .spaces import SearchSpace, default_space_path, load_search_space
 METRIC = "best_val_auc"  # validation AUC of the best epoch so far (what final-train keeps)
 SEARCHERS = ("bohb", "random")
 SCHEDULERS = ("hyperband_bohb", "hyperband", "asha", "fifo")
+BOHB_PICKS_FILE = "bohb_picks.csv"  # per BOHB trial: drawn from the density model (1) or at random (0)
 DEFAULT_SEARCHES_DIR = Path("results/searches")
 
 
@@ -115,6 +116,36 @@ def _resumable_bohb_class():
         results for ids the searcher never recorded, and ``to_wrapper`` raised ``KeyError``. The
         configuration is in every (flattened) result as ``config/<name>``, so it is recovered there.
         """
+
+        def __init__(self, *args, picks_path: str | Path | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            # trial id -> whether hpbandster drew it from its density model (True) or at random
+            # (False); BOHB samples at random until a budget has 2d + 2 results, and users comparing
+            # it with random search need to know whether the model ever acted
+            self.picks: dict[str, bool] = {}
+            self._picks_path = None if picks_path is None else str(picks_path)
+
+        def suggest(self, trial_id: str):
+            info: dict = {}
+            get_config = self.bohber.get_config if getattr(self, "bohber", None) is not None else None
+            if get_config is not None:
+                def recording_get_config(budget):
+                    config, extra = get_config(budget)
+                    info.update(extra or {})
+                    return config, extra
+
+                self.bohber.get_config = recording_get_config
+            try:
+                config = super().suggest(trial_id)
+            finally:
+                if get_config is not None:
+                    del self.bohber.get_config  # back to the class's method
+            if config is not None and "model_based_pick" in info:
+                self.picks[trial_id] = bool(info["model_based_pick"])
+                if self._picks_path:
+                    rows = "".join(f"{t},{int(v)}\n" for t, v in self.picks.items())
+                    atomic_write_text(Path(self._picks_path), "trial_id,model_based_pick\n" + rows)
+            return config
 
         def to_wrapper(self, trial_id: str, result: dict):
             if trial_id not in self.trial_to_params:
@@ -215,7 +246,8 @@ def make_searcher_and_scheduler(settings: "SearchSettings", space: SearchSpace):
     max_t = settings.max_epochs // settings.min_epochs
     if settings.searcher == "bohb":
         searcher = _resumable_bohb_class()(space=space.configspace, metric=METRIC, mode="max", seed=settings.seed,
-                                           max_concurrent=settings.max_concurrent)
+                                           max_concurrent=settings.max_concurrent,
+                                           picks_path=settings.out_dir / BOHB_PICKS_FILE)
     else:
         searcher = _random_configspace_searcher_class()(space.configspace, METRIC, "max", settings.seed,
                                                         max_concurrent=settings.max_concurrent)
@@ -349,6 +381,10 @@ def trials_table(result_grid, settings: SearchSettings) -> pd.DataFrame:
             df[k] = v if not isinstance(v, (list, dict)) else json.dumps(v)
         frames.append(df)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    picks_path = settings.out_dir / BOHB_PICKS_FILE
+    if picks_path.exists() and "trial_id" in table:
+        picks = pd.read_csv(picks_path, dtype={"trial_id": str})
+        table = table.merge(picks.drop_duplicates("trial_id", keep="last"), on="trial_id", how="left")
     keep_first = ["trial_id", "status", "epoch", "val_auc", METRIC, "error"]
     cols = [c for c in keep_first if c in table] + sorted(c for c in table if c not in keep_first)
     drop = {"config", "hostname", "node_ip", "pid", "date", "checkpoint_dir_name", "should_checkpoint"}

@@ -105,6 +105,28 @@ def test_bohb_search_pauses_and_resumes_trials(env, fan_search):
     assert again.returncode == 2 and "already exists; use --resume" in again.stderr
 
 
+def test_bohb_records_which_configurations_its_model_drew(env, fan_search):
+    """bohb_picks.csv / trials.csv say per trial whether BOHB sampled from its density model.
+
+    hpbandster fits the model on a budget only with 2d + 2 results there: never within 9 trials for the
+    10-parameter default space (all random), but after the first bracket (9 results at 1 epoch) for the
+    3-parameter lr_adv_delta.yaml, after which 2 of every 3 draws are model-based (random_fraction 1/3).
+    """
+    default = pd.read_csv(fan_search / "trials.csv").drop_duplicates("trial_id")
+    assert (default["model_based_pick"] == 0).all() and len(default) >= 9
+
+    res = run_cli(*search_args(env, "fan-bohb-3d", "fan", 16, 9, "--space",
+                               str(REPO / "search_spaces" / "lr_adv_delta.yaml")))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = env["root"] / "searches" / "fan-bohb-3d"
+    picks = pd.read_csv(out / "bohb_picks.csv", dtype={"trial_id": str})
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial_id": str}).drop_duplicates("trial_id")
+    assert set(picks["trial_id"]) == set(trials["trial_id"]) and set(picks["model_based_pick"]) <= {0, 1}
+    assert (picks["model_based_pick"].iloc[:9] == 0).all()  # the first bracket is drawn at random
+    # 7 later draws, each model-based with probability 2/3: all random has probability (1/3)**7 < 0.05 %
+    assert picks["model_based_pick"].iloc[9:].sum() >= 1, picks.to_dict("list")
+
+
 def test_failing_trial_is_recorded_and_search_completes(env, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("hyperparameters:\n  lr: {type: categorical, choices: [0.0001, 0.5]}\n"
