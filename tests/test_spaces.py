@@ -28,7 +28,7 @@ def test_shipped_spaces_load_and_sample(generalized):
 def test_every_shipped_space_gives_valid_configs(path):
     """Every YAML under search_spaces/ (also compare_searchers.yaml) loads and samples valid FinetuneConfigs."""
     space = load_search_space(path, depth=4, seed=3)
-    assert {"lr", "lambda_adv", "delta", "unfreeze_k"} <= set(space.configspace.keys())
+    assert {"lr", "lambda_adv", "delta"} <= set(space.configspace.keys())
     for sample in space.configspace.sample_configuration(10):
         cfg = space.to_finetune_config(dict(sample))
         assert 1 <= cfg.unfreeze_k <= 4 and 1e-5 <= cfg.lr <= 3e-3
