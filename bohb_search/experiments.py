@@ -466,7 +466,16 @@ def summarize_searchers(curves: pd.DataFrame, reference: str = REFERENCE_SEARCHE
     return pd.DataFrame(rows), target
 
 
-def searchers_markdown(summary: pd.DataFrame, reference_value: float) -> str:
+def reference_searcher(names: Sequence[str]) -> str:
+    """The searcher whose final best the others must reach: plain random search when it ran, else the
+    first random searcher of the comparison (e.g. random + HyperBand when comparing samplers only)."""
+    names = list(names)
+    if REFERENCE_SEARCHER in names:
+        return REFERENCE_SEARCHER
+    return next((n for n in names if SEARCHER_VARIANTS.get(n, ("",))[0] == "random"), names[0])
+
+
+def searchers_markdown(summary: pd.DataFrame, reference_value: float, reference: str = REFERENCE_SEARCHER) -> str:
     from .reporting import to_markdown
 
     view = pd.DataFrame({
@@ -474,7 +483,7 @@ def searchers_markdown(summary: pd.DataFrame, reference_value: float) -> str:
         "seeds": summary["seeds"],
         "final best val AUC": [_pm(m, s, 3) for m, s in zip(summary["final_best_mean"], summary["final_best_std"])],
         "epochs used": [f"{b:.1f}" for b in summary["budget_used_mean"]],
-        f"epochs to reach random's final best ({reference_value:.3f})": [
+        f"epochs to reach {reference}'s final best ({reference_value:.3f})": [
             f"{b:.1f} ({r})" if np.isfinite(b) else f"not reached ({r})"
             for b, r in zip(summary["budget_to_random_best_mean"], summary["reached_random_best"])],
     })
@@ -600,7 +609,8 @@ def run_compare_searchers(
             curves.append(curve)
             best_configs[run_name] = json.loads((run_dir / "best_config.json").read_text())
     curves_df = pd.concat(curves, ignore_index=True)
-    summary, reference = summarize_searchers(curves_df)
+    reference_name = reference_searcher(names)
+    summary, reference = summarize_searchers(curves_df, reference_name)
     summary["model_based_picks"] = [f"{model_picks[n][0]}/{model_picks[n][1]}" if n in model_picks else ""
                                     for n in summary["searcher"]]
     paths = {"curves": out / "curves.csv", "summary": out / "summary.csv", "markdown": out / "summary.md",
@@ -609,14 +619,15 @@ def run_compare_searchers(
     atomic_write_csv(summary, paths["summary"])
     note = (f"\nMachine {machine}; budget {budget_epochs} epochs per run (summed over trials), max_epochs "
             f"{max_epochs}, η = {eta}; seeds {list(seeds)}; reference = mean final best of "
-            f"{REFERENCE_SEARCHER} = {reference:.4f}.\n")
-    atomic_write_text(paths["markdown"], searchers_markdown(summary, reference) + note)
+            f"{reference_name} = {reference:.4f}.\n")
+    atomic_write_text(paths["markdown"], searchers_markdown(summary, reference, reference_name) + note)
     from .plots import plot_budget_curves  # written by the plotting module's owner
 
     plot_budget_curves({n: g[["budget", "best", "seed"]].reset_index(drop=True)
                         for n, g in curves_df.groupby("searcher", sort=False)}, paths["plot"],
                        reference=reference if np.isfinite(reference) else None)
-    return {"summary": summary, "curves": curves_df, "reference": reference, "best_configs": best_configs,
+    return {"summary": summary, "curves": curves_df, "reference": reference, "reference_searcher": reference_name,
+            "best_configs": best_configs,
             "paths": paths}
 
 
@@ -714,6 +725,6 @@ def cmd_compare_searchers(args: argparse.Namespace) -> int:
                                 max_concurrent=args.max_concurrent, tracking_uri=args.tracking_uri,
                                 searchers=args.searchers, seconds=args.seconds, dim=args.dim, depth=args.depth,
                                 pretrain_epochs=args.pretrain_epochs, quiet=args.quiet)
-    print(searchers_markdown(res["summary"], res["reference"]))
+    print(searchers_markdown(res["summary"], res["reference"], res["reference_searcher"]))
     print("wrote " + ", ".join(str(p) for p in res["paths"].values()))
     return 0

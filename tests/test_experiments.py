@@ -17,6 +17,7 @@ from bohb_search.experiments import (
     add_compare_searchers_parser,
     budget_curve,
     run_ablation,
+    reference_searcher,
     run_compare_searchers,
     summarize_searchers,
 )
@@ -183,3 +184,13 @@ def test_random_hyperband_stops_trials_early_with_one_concurrent_trial(tiny_set,
     epochs = trials.groupby("trial_id")["epoch"].max()
     assert len(epochs) >= 3 and (epochs < 3).all(), epochs.to_dict()
     assert res["curves"]["budget"].max() == 3
+    # without plain random search in the run, the reference is the random searcher that ran
+    assert res["reference_searcher"] == "Random + HyperBand"
+    assert res["summary"].set_index("searcher").loc["Random + HyperBand", "reached_random_best"] == "1/1"
+    assert "Random + HyperBand's final best" in (tmp_path / "cmp1" / "summary.md").read_text()
+
+
+def test_reference_searcher():
+    assert reference_searcher(list(SEARCHER_VARIANTS)) == REFERENCE_SEARCHER
+    assert reference_searcher(["BOHB", "Random + HyperBand"]) == "Random + HyperBand"
+    assert reference_searcher(["BOHB"]) == "BOHB"
