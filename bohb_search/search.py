@@ -179,8 +179,7 @@ def _random_configspace_searcher_class():
             self._space = space
             self._space.seed(seed)
             self.max_concurrent = int(max_concurrent or 0)
-            self.running: set[str] = set()
-            self.paused: set[str] = set()
+            self.running: set[str] = set()  # suggested and not paused or finished
 
         def set_max_concurrency(self, max_concurrent: int) -> bool:
             # Tune then leaves this searcher unwrapped (no ConcurrencyLimiter around it)
@@ -194,16 +193,13 @@ def _random_configspace_searcher_class():
             return {k: _py(v) for k, v in dict(self._space.sample_configuration()).items()}
 
         def on_pause(self, trial_id: str):
-            self.paused.add(trial_id)
             self.running.discard(trial_id)
 
         def on_unpause(self, trial_id: str):
-            self.paused.discard(trial_id)
             self.running.add(trial_id)
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
             self.running.discard(trial_id)
-            self.paused.discard(trial_id)
 
         def save(self, checkpoint_path: str):
             import pickle
