@@ -16,10 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench._report import machine_line, update_section
-from bohb_search.configs import FinetuneConfig, PretrainConfig
-from bohb_search.metrics import evaluate_scores
-from bohb_search.pipeline import run_evaluate, run_finetune, run_pretrain
-from bohb_search.reporting import table2, table3, to_markdown, write_tables
+from bohb_search.evaluate.metrics import evaluate_scores
+from bohb_search.evaluate.run import run_evaluate
+from bohb_search.evaluate.tables import table2, table3, to_markdown, write_tables
+from bohb_search.train.configs import FinetuneConfig, PretrainConfig
+from bohb_search.train.runs import run_finetune, run_pretrain
+from data.config import RunOptions
 from data.features import FeatureConfig
 from data.synth import DEV_MACHINES, SynthConfig, synthesize
 from models import encoder_preset
@@ -45,19 +47,20 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "synth_manifest.csv").exists():
         synthesize(data, scfg, progress=False)
     feature_cfg = FeatureConfig()
-    enc = encoder_preset("tiny", dim=args.dim, depth=args.depth, n_heads=1)
-    pre = run_pretrain([data], out / "pretrain", enc, PretrainConfig(epochs=args.pretrain_epochs, lr=1e-3, batch_size=32),
-                       feature_cfg, cache, "auto", quiet=True)
+    enc = encoder_preset("tiny", dim=args.dim, depth=args.depth)
+    opts = RunOptions(cache_dir=cache, quiet=True)
+    pre = run_pretrain(PretrainConfig(epochs=args.pretrain_epochs, lr=1e-3, batch_size=32), [data], out / "pretrain",
+                       enc, feature_cfg, opts)
     t_pre = time.perf_counter() - t0
     scores = {"Proposed (machine-specific)": [], "Baseline (AE)": []}
     for machine in DEV_MACHINES:
-        ours = run_finetune([data], out / "models" / machine, FinetuneConfig(max_epochs=args.epochs, batch_size=64, lr=1e-3),
-                            [machine], pre, cache_dir=cache, quiet=True)
-        run_evaluate(ours, [data], out / "evaluate" / machine, cache_dir=cache, quiet=True)
+        ours = run_finetune(FinetuneConfig(max_epochs=args.epochs, batch_size=64, lr=1e-3), [data],
+                            out / "models" / machine, [machine], pretrained=pre, opts=opts)
+        run_evaluate(ours, [data], out / "evaluate" / machine, opts=opts)
         scores["Proposed (machine-specific)"].append(pd.read_csv(out / "evaluate" / machine / "scores.csv"))
-        ae = run_finetune([data], out / "models" / f"{machine}-ae", FinetuneConfig(max_epochs=args.epochs, batch_size=64, lr=1e-3),
-                          [machine], pre, model_kind="ae", cache_dir=cache, quiet=True)
-        run_evaluate(ae, [data], out / "evaluate" / f"{machine}-ae", cache_dir=cache, quiet=True)
+        ae = run_finetune(FinetuneConfig(max_epochs=args.epochs, batch_size=64, lr=1e-3), [data],
+                          out / "models" / f"{machine}-ae", [machine], pretrained=pre, model_kind="ae", opts=opts)
+        run_evaluate(ae, [data], out / "evaluate" / f"{machine}-ae", opts=opts)
         scores["Baseline (AE)"].append(pd.read_csv(out / "evaluate" / f"{machine}-ae" / "scores.csv"))
     reports = {k: evaluate_scores(pd.concat(v)) for k, v in scores.items()}
     write_tables(reports, out / "tables")

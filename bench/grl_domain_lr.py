@@ -19,9 +19,11 @@ import pandas as pd
 from scipy.stats import hmean
 
 from bench.domain_diagnostics import score_diagnostics
-from bohb_search.configs import FinetuneConfig
-from bohb_search.pipeline import run_evaluate, run_finetune
-from bohb_search.reporting import to_markdown
+from bohb_search.evaluate.run import run_evaluate
+from bohb_search.evaluate.tables import to_markdown
+from bohb_search.train.configs import FinetuneConfig
+from bohb_search.train.runs import run_finetune
+from data.config import RunOptions
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,10 +54,9 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = out / f"domain_lr_{lr_d:g}" / m
             if not (run_dir / "evaluate" / "metrics.json").exists():
                 cfg = FinetuneConfig(**{**settings["finetune"], "seed": args.seed, "domain_lr": lr_d})
-                model = run_finetune([args.data], run_dir, cfg, [m], encoder, None, "ssm", args.cache_dir, "cpu",
-                                     quiet=True)
-                run_evaluate(model, [args.data], run_dir / "evaluate", system="full", cache_dir=args.cache_dir,
-                             quiet=True)
+                opts = RunOptions(cache_dir=args.cache_dir, device="cpu", quiet=True)
+                model = run_finetune(cfg, [args.data], run_dir, [m], pretrained=encoder, opts=opts)
+                run_evaluate(model, [args.data], run_dir / "evaluate", system="full", opts=opts)
             hist = pd.read_csv(run_dir / "history.csv")
             diag = score_diagnostics(pd.read_csv(run_dir / "evaluate" / "scores.csv"))
             per_machine.append({"domain_acc": float(hist["domain_acc"].iloc[-1]), **diag})

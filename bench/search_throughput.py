@@ -80,9 +80,10 @@ def load_avg() -> str:
 
 
 def prepare(root: Path) -> dict:
-    from bohb_search.configs import PretrainConfig
-    from bohb_search.pipeline import run_pretrain
+    from bohb_search.train.configs import PretrainConfig
+    from bohb_search.train.runs import run_pretrain
     from data.audio import AudioConfig
+    from data.config import RunOptions
     from data.features import FeatureConfig
     from data.synth import SynthConfig, synthesize
     from models import encoder_preset
@@ -93,21 +94,23 @@ def prepare(root: Path) -> dict:
                                       seconds=SECONDS), workers=os.cpu_count() or 1, progress=False)
     synth_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pre = run_pretrain([data], root / "pre", encoder_preset("tiny", dim=32, depth=2),
-                       PretrainConfig(epochs=1, batch_size=16), FeatureConfig(audio=AudioConfig(seconds=SECONDS)),
-                       root / "cache", "cpu", quiet=True)
+    pre = run_pretrain(PretrainConfig(epochs=1, batch_size=16), [data], root / "pre",
+                       encoder_preset("tiny", dim=32, depth=2), FeatureConfig(audio=AudioConfig(seconds=SECONDS)),
+                       RunOptions(cache_dir=root / "cache", device="cpu", quiet=True))
     return {"data": data, "pre": pre, "cache": root / "cache", "clips": len(df), "synth_s": synth_s,
             "pretrain_s": time.perf_counter() - t0}
 
 
 def one_search(env: dict, root: Path, name: str, concurrent: int, args) -> dict:
-    from bohb_search.search import SearchSettings, default_space, run_search
+    from bohb_search.tune.runner import default_space, run_search
+    from bohb_search.tune.settings import SearchSettings
 
     settings = SearchSettings(
         name=name, data=[str(env["data"])], machines=["fan"], pretrained=str(env["pre"]), space=default_space(False),
         num_samples=args.trials, max_epochs=args.max_epochs, eta=args.eta, cpus_per_trial=1.0, gpus_per_trial=0.0,
-        max_concurrent=concurrent, seed=0, storage_path=str(root / "searches"),
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", cache_dir=str(env["cache"]), batch_size=16, device="cpu")
+        max_concurrent=concurrent, storage_path=str(root / "searches"),
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", cache_dir=str(env["cache"]), device="cpu",
+        finetune={"batch_size": 16, "seed": 0})
     clock = _callback_class()()
     load_before = load_avg()
     t0, t0_epoch = time.perf_counter(), time.time()
@@ -236,10 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-search-"))
     try:
         env = prepare(root)
-        from bohb_search.search import _ray_init
+        from bohb_search.tune.runner import ray_init
 
         t0 = time.perf_counter()
-        _ray_init(None)  # the same local Ray every search would start; started here so no search pays for it
+        ray_init(None)  # the same local Ray every search would start; started here so no search pays for it
         RAY_START["s"] = time.perf_counter() - t0
         # untimed warm-up: creates the MLflow tables, starts the first trial actor process, fills OS caches
         warm = argparse.Namespace(trials=2, max_epochs=3, eta=args.eta)

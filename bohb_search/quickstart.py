@@ -13,47 +13,60 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.features import FeatureConfig, extract_features
-from data.manifest import read_manifest, summarize
-from data.synth import DEV_MACHINES, SynthConfig, synthesize
+from data.config import DEV_MACHINES, RunOptions
 
-from .configs import PretrainConfig
-from .final import run_final_train
-from .pipeline import run_pretrain
-from .reporting import table2, table3, to_markdown
-from .search import SearchSettings, default_space, run_search
-from .tracking import resolve_tracking_uri
+from .train.configs import strict_from_dict
+
+# the pipeline's modules are imported in run_quickstart, so that the command line reads
+# QuickstartConfig for its flags without loading torch, Ray or MLflow
 
 
 @dataclass
 class QuickstartConfig:
-    out: Path = Path("results/quickstart")
+    """A small synthetic data set and budgets that run end to end on 2 CPU cores in minutes."""
+
+    out: Path = Path("results/quickstart")  # output folder (data, models, searches, tables, MLflow store)
     machines: tuple[str, ...] = DEV_MACHINES  # synthesized; all take part in pre-training
-    search_machine: str = "fan"  # the machine-specific search
-    train_source: int = 40
-    train_target: int = 4
-    test_per_cell: int = 10
-    seconds: float = 10.0
+    search_machine: str = "fan"  # machine type of the machine-specific search
+    train_source: int = 40  # source normal training clips per machine
+    train_target: int = 4  # target normal training clips per machine
+    test_per_cell: int = 10  # test clips per domain × label
+    seconds: float = 10.0  # clip length
     pretrain_epochs: int = 10  # a small model from scratch on ~300 clips needs more, faster epochs than the paper's 5 at 1e-4
-    pretrain_lr: float = 1e-3
-    dim: int = 64
-    depth: int = 4
-    machine_trials: int = 9  # BOHB trials of the machine search (max 9 epochs, η = 3)
-    machine_max_epochs: int = 9
+    pretrain_lr: float = 1e-3  # pre-training learning rate
+    dim: int = 64  # encoder width
+    depth: int = 4  # encoder blocks
+    machine_trials: int = 9  # BOHB trials of the machine search
+    machine_max_epochs: int = 9  # Hyperband max_t of the machine search
     generalized_trials: int = 3  # the generalized search is smaller: each epoch sees every machine
-    generalized_max_epochs: int = 3
-    final_max_epochs: int = 9
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    tracking_uri: str | None = None
+    generalized_max_epochs: int = 3  # Hyperband max_t of the generalized search
+    final_max_epochs: int = 9  # epochs of the final retrain
+    batch_size: int = 64  # fine-tuning batch of every trial
+    seed: int = 0  # data, weights, searcher
+    device: str = "auto"  # auto, cpu, cuda
+    tracking_uri: str | None = None  # MLflow tracking URI (default sqlite:///<out>/mlflow.db)
     fresh: bool = False  # start over instead of reusing outputs of an earlier quickstart
-    quiet: bool = False
-    timings: dict = field(default_factory=dict)
+    quiet: bool = False  # no progress bars
+    timings: dict = field(default_factory=dict)  # seconds per stage, filled in by the run
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuickstartConfig":
+        return strict_from_dict(cls, dict(d))
 
 
 def run_quickstart(q: QuickstartConfig) -> dict:
+    from data.features import FeatureConfig, extract_features
+    from data.manifest import read_manifest, summarize
+    from data.synth import SynthConfig, synthesize
     from models import encoder_preset
+
+    from .evaluate.tables import table2, table3, to_markdown
+    from .final import FinalTrainConfig, run_final_train
+    from .train.configs import PretrainConfig
+    from .train.runs import run_pretrain
+    from .tune.runner import default_space, run_search
+    from .tune.settings import SearchSettings
+    from .tune.tracking import resolve_tracking_uri
 
     out = Path(q.out).resolve()
     if q.fresh and out.exists():
@@ -84,10 +97,10 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     stage("features", t0)
 
     t0 = time.perf_counter()
-    enc = encoder_preset("tiny", dim=q.dim, depth=q.depth, n_heads=max(1, q.dim // 64))
-    pretrained = run_pretrain([data_dir], out / "pretrain", enc,
-                              PretrainConfig(epochs=q.pretrain_epochs, lr=q.pretrain_lr, batch_size=32, seed=q.seed),
-                              feature_cfg, cache, q.device, quiet=q.quiet)
+    enc = encoder_preset("tiny", dim=q.dim, depth=q.depth)
+    opts = RunOptions(cache_dir=cache, device=q.device, quiet=q.quiet)
+    pretrained = run_pretrain(PretrainConfig(epochs=q.pretrain_epochs, lr=q.pretrain_lr, batch_size=32, seed=q.seed),
+                              [data_dir], out / "pretrain", enc, feature_cfg, opts)
     stage("pretrain", t0)
 
     searches = [(q.search_machine, [q.search_machine], q.machine_trials, q.machine_max_epochs),
@@ -98,8 +111,8 @@ def run_quickstart(q: QuickstartConfig) -> dict:
         settings = SearchSettings(
             name=name, data=[str(data_dir)], machines=machines, pretrained=str(pretrained),
             space=default_space(machines is None), num_samples=trials, max_epochs=max_epochs, eta=3,
-            seed=q.seed, storage_path=str(out / "searches"), tracking_uri=tracking_uri, cache_dir=str(cache),
-            batch_size=q.batch_size, device=q.device)
+            storage_path=str(out / "searches"), tracking_uri=tracking_uri, cache_dir=str(cache),
+            device=q.device, finetune={"batch_size": q.batch_size, "seed": q.seed})
         best_path = settings.out_dir / "best_config.json"
         if not best_path.exists():
             resume = (settings.out_dir / "search_settings.json").exists()  # an interrupted quickstart
@@ -112,8 +125,10 @@ def run_quickstart(q: QuickstartConfig) -> dict:
         stage(f"search {name}", t0)
 
     t0 = time.perf_counter()
-    reports = run_final_train(best_files, out / "final", q.final_max_epochs, baseline=True,
-                              tracking_uri=tracking_uri, cache_dir=str(cache), device=q.device, quiet=q.quiet)
+    reports = run_final_train(best_files, out / "final",
+                              FinalTrainConfig(max_epochs=q.final_max_epochs, with_baseline=True,
+                                               tracking_uri=tracking_uri),
+                              RunOptions(cache_dir=str(cache), device=q.device, quiet=q.quiet))
     stage("final-train", t0)
 
     print()

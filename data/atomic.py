@@ -50,3 +50,24 @@ def atomic_write_csv(df, path: str | Path, **to_csv_kwargs) -> Path:
     """Write a pandas DataFrame as CSV atomically (``index=False`` unless given)."""
     to_csv_kwargs.setdefault("index", False)
     return atomic_write_text(path, df.to_csv(**to_csv_kwargs))
+
+
+def to_python(value):
+    """numpy scalars (and 0-d arrays) → plain Python numbers; anything else unchanged.
+
+    The one conversion used wherever values leave numpy for JSON, YAML, MLflow or a dataclass
+    check (``isinstance(x, int)`` is False for ``np.int64``).
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def atomic_write_json(path: str | Path, obj, **dumps_kwargs) -> Path:
+    """JSON (indent 2, numpy scalars converted by :func:`to_python`) written atomically."""
+    import json
+
+    dumps_kwargs.setdefault("indent", 2)
+    return atomic_write_text(path, json.dumps(obj, default=to_python, **dumps_kwargs) + "\n")

@@ -8,14 +8,14 @@ do not have; soundfile reads WAV/FLAC (PCM 16/24/32 and float) through libsndfil
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from .config import AudioConfig
 
 
 class BadAudioError(ValueError):
@@ -25,24 +25,6 @@ class BadAudioError(ValueError):
         self.path = str(path)
         self.reason = " ".join(str(reason).split())  # force one line
         super().__init__(f"{self.path}: {self.reason}")
-
-
-@dataclass(frozen=True)
-class AudioConfig:
-    """How a file on disk becomes a fixed-length mono waveform."""
-
-    sample_rate: int = 16_000  # the paper resamples everything to 16 kHz (section 3.2)
-    seconds: float = 10.0  # clip length after pad/crop; DCASE ToyCar/ToyTrain clips are 12 s
-    channel: int | Literal["mean"] = 0  # DCASE clips are mono; multi-channel uses channel 0 by default
-    min_seconds: float = 1.0  # shorter input is rejected rather than padded into a fake clip
-    pad_mode: Literal["repeat", "zeros"] = "repeat"  # repeat keeps the spectrum stationary-looking
-
-    @property
-    def num_samples(self) -> int:
-        return int(round(self.seconds * self.sample_rate))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_wav_complete(path: Path) -> None:

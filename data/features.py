@@ -15,7 +15,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -25,47 +25,9 @@ import torchaudio
 from tqdm.auto import tqdm
 
 from .atomic import atomic_save_npy, atomic_write_text
-from .audio import AudioConfig, BadAudioError, load_clip
+from .audio import BadAudioError, load_clip
+from .config import FeatureConfig
 
-FEATURE_VERSION = 1  # bump when the extraction code changes numerically
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Log-mel settings. Defaults are the paper's: 16 kHz, n_fft 1024, 128 mels, 1024 frames per 10 s."""
-
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    n_mels: int = 128
-    n_fft: int = 1024
-    win_length: int = 1024
-    frames_per_10s: int = 1024  # hop = 10 s * sr // 1024 = 156 samples; frames are cropped to exactly this
-    f_min: float = 0.0
-    f_max: float | None = None  # None = Nyquist
-    power: float = 2.0
-    log_floor: float = 1e-10  # power floor before 10*log10: silence maps to -100 dB, never -inf
-
-    @property
-    def hop_length(self) -> int:
-        return int(10 * self.audio.sample_rate // self.frames_per_10s)
-
-    @property
-    def n_frames(self) -> int:
-        """Frames of one clip after pad/crop: 1024 for 10 s, 1229 for 12 s."""
-        return int(round(self.audio.seconds * self.frames_per_10s / 10.0))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FeatureConfig":
-        d = dict(d)
-        audio = AudioConfig(**d.pop("audio", {}))
-        return cls(audio=audio, **d)
-
-    def key(self) -> str:
-        """Stable hash of everything that changes the features (config + code version)."""
-        blob = json.dumps({"v": FEATURE_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 class LogMelExtractor(torch.nn.Module):

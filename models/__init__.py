@@ -1,7 +1,8 @@
 """Tensors → tensors: tokenizer, selective-scan backends, bidirectional SSM (Audio-Mamba) encoder,
 AST-style encoder, heads, the DCASE autoencoder baseline and checkpoint save/load.
 
-Imports neither ``data`` nor ``bohb_search``. One concept per module:
+Imports neither ``data`` nor ``bohb_search``. Names are imported on first use (PEP 562), so reading
+``models.config`` (the command line's flags) does not load torch. One concept per module:
 
     config.py       EncoderConfig (typed, plain-dict round trip) and the tiny / small / base presets
     tokenizer.py    PixelUnshufflePatchEmbed: pixel-unshuffle → p×p patches → D (eq. 1-2), class token
@@ -16,71 +17,58 @@ Imports neither ``data`` nor ``bohb_search``. One concept per module:
     checkpoint.py   atomic save, weights_only load, save_model / load_encoder
 """
 
-from .autoencoder import (
-    AEConfig,
-    DCASEAutoencoder,
-    MahalanobisModel,
-    fit_mahalanobis,
-    frame_context_vectors,
-    mahalanobis_scores,
-    mse_scores,
-    reconstruction_errors,
-)
-from .checkpoint import (
-    CheckpointError,
-    load_autoencoder,
-    load_checkpoint,
-    load_encoder,
-    load_weights,
-    save_checkpoint,
-    save_model,
-)
-from .config import PRESETS, EncoderConfig, encoder_preset
-from .domain import DomainClassifier, GradientReversal, grad_reverse
-from .encoder import Encoder, EncoderOutput, build_encoder
-from .heads import AnomalyHead, ClassificationHead
-from .scan import (
-    SCAN_BACKENDS,
-    cuda_scan_available,
-    resolve_scan_backend,
-    selective_scan,
-    selective_scan_reference,
-    selective_scan_torch,
-)
-from .tokenizer import PixelUnshufflePatchEmbed
+from __future__ import annotations
 
-__all__ = [
-    "AEConfig",
-    "AnomalyHead",
-    "CheckpointError",
-    "ClassificationHead",
-    "DCASEAutoencoder",
-    "DomainClassifier",
-    "Encoder",
-    "EncoderConfig",
-    "EncoderOutput",
-    "GradientReversal",
-    "MahalanobisModel",
-    "PRESETS",
-    "PixelUnshufflePatchEmbed",
-    "SCAN_BACKENDS",
-    "build_encoder",
-    "cuda_scan_available",
-    "encoder_preset",
-    "fit_mahalanobis",
-    "frame_context_vectors",
-    "grad_reverse",
-    "load_autoencoder",
-    "load_checkpoint",
-    "load_encoder",
-    "load_weights",
-    "mahalanobis_scores",
-    "mse_scores",
-    "reconstruction_errors",
-    "resolve_scan_backend",
-    "save_checkpoint",
-    "save_model",
-    "selective_scan",
-    "selective_scan_reference",
-    "selective_scan_torch",
-]
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "AEConfig": "autoencoder",
+    "AnomalyHead": "heads",
+    "CheckpointError": "checkpoint",
+    "ClassificationHead": "heads",
+    "DCASEAutoencoder": "autoencoder",
+    "DomainClassifier": "domain",
+    "Encoder": "encoder",
+    "EncoderConfig": "config",
+    "EncoderOutput": "encoder",
+    "GradientReversal": "domain",
+    "MahalanobisModel": "autoencoder",
+    "PRESETS": "config",
+    "PixelUnshufflePatchEmbed": "tokenizer",
+    "SCAN_BACKENDS": "config",
+    "build_encoder": "encoder",
+    "cuda_scan_available": "scan",
+    "encoder_preset": "config",
+    "fit_mahalanobis": "autoencoder",
+    "frame_context_vectors": "autoencoder",
+    "grad_reverse": "domain",
+    "load_autoencoder": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "load_encoder": "checkpoint",
+    "load_weights": "checkpoint",
+    "mahalanobis_scores": "autoencoder",
+    "mse_scores": "autoencoder",
+    "reconstruction_errors": "autoencoder",
+    "resolve_scan_backend": "scan",
+    "save_checkpoint": "checkpoint",
+    "save_model": "checkpoint",
+    "selective_scan": "scan",
+    "selective_scan_reference": "scan",
+    "selective_scan_torch": "scan",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

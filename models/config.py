@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .scan import SCAN_BACKENDS
+SCAN_BACKENDS = ("auto", "torch", "reference", "cuda")  # see models.scan
 
 ENCODER_KINDS = ("ssm", "ast")
 POOLS = ("cls_middle", "mean")
@@ -117,20 +117,37 @@ class EncoderConfig:
         return cls(**d)
 
 
-# Widths follow AuM / DeiT (tiny 192, small 384, base 768, 64-wide heads); all have depth 24 in the reference.
+# Widths follow AuM / DeiT (tiny 192, small 384, base 768); all have depth 24 in the reference.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(dim=192, depth=24, n_heads=3),
-    "small": dict(dim=384, depth=24, n_heads=6),
-    "base": dict(dim=768, depth=24, n_heads=12),
+    "tiny": dict(dim=192, depth=24),
+    "small": dict(dim=384, depth=24),
+    "base": dict(dim=768, depth=24),
 }
 
 
+def default_heads(dim: int) -> int:
+    """Attention heads for a width: 64-wide heads as DeiT/AST (3, 6, 12 for the presets), 16-wide
+    below 128 so that small test and CPU models still get several heads; lowered until it divides dim."""
+    heads = max(1, dim // 64) if dim >= 128 else max(1, dim // 16)
+    while dim % heads:
+        heads -= 1
+    return heads
+
+
 def encoder_preset(name: str, **overrides) -> EncoderConfig:
-    """The named size preset with any field overridden, e.g. ``encoder_preset("tiny", depth=2, kind="ast")``."""
+    """The named size preset with any field overridden, e.g. ``encoder_preset("tiny", depth=2, kind="ast")``.
+
+    The one place where sizing rules live: ``n_heads`` follows ``dim`` (:func:`default_heads`) unless given.
+    """
     if name not in PRESETS:
         raise ValueError(f"encoder preset must be one of {tuple(PRESETS)}, got {name!r}")
     known = {f.name for f in fields(EncoderConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown EncoderConfig field(s) in overrides: {', '.join(unknown)}")
-    return EncoderConfig(**{**PRESETS[name], **overrides})
+    settings = {**PRESETS[name], **overrides}
+    if "n_heads" not in overrides:
+        dim = settings["dim"]
+        if isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1:
+            settings["n_heads"] = default_heads(dim)
+    return EncoderConfig(**settings)

@@ -42,7 +42,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-SCAN_BACKENDS = ("auto", "torch", "reference", "cuda")
+from .config import SCAN_BACKENDS
+
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from bohb_search.metrics import evaluate_scores
-from bohb_search.reporting import read_submission_dir
+from bohb_search.evaluate.metrics import evaluate_scores
+from bohb_search.evaluate.submission import read_submission_dir
 from models import load_checkpoint
 from tests.conftest import FIXTURES, run_cli
 
@@ -50,7 +50,7 @@ def test_pretrain_finetune_evaluate_score(synth_set, tmp_path):
     assert "official score" in res.stdout
     for name in ("table2.csv", "table2.md", "table3.csv", "table3.md", "scores.csv", "metrics.json"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
-    from bohb_search.plots import is_png
+    from bohb_search.evaluate.plots import is_png
 
     assert is_png(tmp_path / "eval" / "plots" / f"roc_{EASY}.png")
     assert is_png(tmp_path / "eval" / "plots" / f"hist_{EASY}.png")

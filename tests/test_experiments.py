@@ -9,14 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bohb_search.experiments import (
+from bohb_search.cli.experiment_cmds import add_ablate_parser, add_compare_searchers_parser
+from bohb_search.evaluate.search_plots import budget_curve
+from bohb_search.experiments.ablation import TABLE1_ROWS, run_ablation
+from bohb_search.experiments.searchers import (
     REFERENCE_SEARCHER,
     SEARCHER_VARIANTS,
-    TABLE1_ROWS,
-    add_ablate_parser,
-    add_compare_searchers_parser,
-    budget_curve,
-    run_ablation,
     reference_searcher,
     run_compare_searchers,
     summarize_searchers,

@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-from bohb_search.losses import (
+from bohb_search.scoring.scores import cosine_anomaly_score, knn_cosine_score
+from bohb_search.train.losses import (
     combined_objective,
-    cosine_anomaly_score,
     domain_adversarial_loss,
     init_center,
-    knn_cosine_score,
     poe_loss,
     poe_loss_terms,
     update_center,

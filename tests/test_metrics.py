@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from bohb_search.metrics import (
+from bohb_search.evaluate.metrics import (
     EvaluationReport,
     evaluate_scores,
     hmean,

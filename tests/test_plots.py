@@ -8,16 +8,9 @@ import pytest
 from matplotlib import _pylab_helpers
 from matplotlib.image import imread
 
-from bohb_search.plots import (
-    PNG_SIGNATURE,
-    is_png,
-    plot_ablation,
-    plot_budget_curves,
-    plot_roc_curves,
-    plot_score_histograms,
-    plot_search_progress,
-    search_budget_curve,
-)
+from bohb_search.evaluate.plots import plot_roc_curves, plot_score_histograms
+from bohb_search.evaluate.plotting import PNG_SIGNATURE, is_png
+from bohb_search.evaluate.search_plots import budget_curve, plot_ablation, plot_budget_curves, plot_search_progress
 
 
 def _assert_pngs(paths, expected):
@@ -126,7 +119,7 @@ def test_score_histograms_reject_bad_input(tmp_path):
 
 def test_search_budget_curve_follows_arrival_order_and_counts_epochs():
     trials = _trials()
-    curve = search_budget_curve(trials)
+    curve = budget_curve(trials)
     assert len(curve) == len(trials) == 9 + 3 * 2 + 6
     assert curve["budget"].tolist() == list(range(1, 22))  # every row spent one epoch: 6*1 + 2*3 + 9 = 21
     assert (np.diff(curve["best"]) >= 0).all()
@@ -138,14 +131,14 @@ def test_search_budget_curve_follows_arrival_order_and_counts_epochs():
     first_rung = trials.query("epoch == 1")["val_auc"].max()
     assert curve["best"].iloc[11] == pytest.approx(max(first_rung, v["t6", 2], v["t6", 3], v["t7", 2]))
     # without a time column the order is epoch, then trial: the 12th result is t8's epoch 2
-    no_time = search_budget_curve(trials.drop(columns="timestamp"))
+    no_time = budget_curve(trials.drop(columns="timestamp"))
     assert no_time["best"].iloc[11] == pytest.approx(max(first_rung, v["t6", 2], v["t7", 2], v["t8", 2]))
     assert no_time["budget"].tolist() == curve["budget"].tolist()
     assert no_time["best"].iloc[-1] == curve["best"].iloc[-1]
     # a trial that re-ran epochs 2-3 after a restore from epoch 1 spent those epochs again
     rerun = trials[(trials["trial_id"] == "t7") & trials["epoch"].isin([2, 3])].assign(
         timestamp=lambda d: d["timestamp"] + 100)
-    assert search_budget_curve(pd.concat([trials, rerun]))["budget"].iloc[-1] == 23
+    assert budget_curve(pd.concat([trials, rerun]))["budget"].iloc[-1] == 23
 
 
 def test_search_progress_png(tmp_path):
@@ -187,7 +180,7 @@ def _curves():
 
 
 def test_budget_curves_png(tmp_path):
-    curves = {**_curves(), "single search": search_budget_curve(_trials())}  # one seed: no band
+    curves = {**_curves(), "single search": budget_curve(_trials())}  # one seed: no band
     paths = plot_budget_curves(curves, tmp_path / "budget.png", reference=0.7)
     _assert_pngs(paths, [tmp_path / "budget.png"])
 

@@ -11,20 +11,16 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from bohb_search.metrics import evaluate_scores
-from bohb_search.reporting import (
-    PAPER_MACHINES,
-    atomic_write_text,
+from bohb_search.evaluate.metrics import evaluate_scores
+from bohb_search.evaluate.submission import (
     fit_gamma_threshold,
     read_submission_dir,
     read_submission_scores,
     submission_file_names,
-    table2,
-    table3,
-    to_markdown,
     write_submission,
-    write_tables,
 )
+from bohb_search.evaluate.tables import PAPER_MACHINES, table2, table3, to_markdown, write_tables
+from data.atomic import atomic_write_text
 
 DCASE_MACHINES = ("ToyCar", "ToyTrain", "fan", "gearbox", "bearing", "slider", "valve")
 
@@ -304,7 +300,7 @@ def test_modules_import_no_heavy_frameworks():
     import sys
 
     code = (
-        "import sys, bohb_search.metrics, bohb_search.reporting;"
+        "import sys, bohb_search.evaluate.metrics, bohb_search.evaluate.tables, bohb_search.evaluate.submission;"
         "bad = [m for m in ('torch', 'ray', 'mlflow', 'matplotlib') if m in sys.modules];"
         "print(','.join(bad))"
     )

@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bohb_search.configs import PretrainConfig
-from bohb_search.metrics import evaluate_scores
-from bohb_search.pipeline import run_pretrain
-from bohb_search.reporting import read_submission_dir
+from bohb_search.evaluate.metrics import evaluate_scores
+from bohb_search.evaluate.submission import read_submission_dir
+from bohb_search.train.configs import PretrainConfig
+from bohb_search.train.runs import run_pretrain
 from data.audio import AudioConfig
+from data.config import RunOptions
 from data.features import FeatureConfig
 from models import encoder_preset
 from tests.conftest import REPO, run_cli
@@ -38,8 +39,9 @@ def env(tmp_path_factory):
                   "--train-target", "2", "--test-per-cell", "6", "--seconds", str(SECONDS), "--quiet")
     assert res.returncode == 0, res.stderr
     enc = encoder_preset("tiny", dim=32, depth=2)
-    pre = run_pretrain([data], root / "pre", enc, PretrainConfig(epochs=1, batch_size=16),
-                       FeatureConfig(audio=AudioConfig(seconds=SECONDS)), root / "cache", "cpu", quiet=True)
+    pre = run_pretrain(PretrainConfig(epochs=1, batch_size=16), [data], root / "pre", enc,
+                       FeatureConfig(audio=AudioConfig(seconds=SECONDS)),
+                       RunOptions(cache_dir=root / "cache", device="cpu", quiet=True))
     return {"root": root, "data": data, "pre": pre, "cache": root / "cache", "db": f"sqlite:///{root / 'mlflow.db'}"}
 
 
@@ -94,7 +96,7 @@ def test_bohb_search_pauses_and_resumes_trials(env, fan_search):
         assert steps == list(range(1, per_trial.loc[r.data.tags["ray_trial_id"], "epochs"] + 1))
         assert r.data.tags["trial_status"] in ("FINISHED", "KILLED") and "lr" in r.data.params
 
-    from bohb_search.plots import is_png
+    from bohb_search.evaluate.plots import is_png
 
     assert is_png(fan_search / "search_progress.png")
     parent = client.search_runs([runs[0].info.experiment_id], filter_string="tags.`bohb_search.role` = 'search'")[0]
@@ -307,7 +309,7 @@ def test_final_train_on_two_searches(env, fan_search, tmp_path):
     assert float(row["hmean"].iloc[0]) == pytest.approx(again.total_hmean, abs=5e-4)
     from mlflow.tracking import MlflowClient
 
-    from bohb_search.plots import is_png
+    from bohb_search.evaluate.plots import is_png
 
     assert is_png(out / "evaluate" / "fan-bohb" / "plots" / "roc_fan.png")
     client = MlflowClient(env["db"])

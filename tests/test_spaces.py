@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bohb_search.configs import FinetuneConfig
-from bohb_search.spaces import SPACES_DIR, SearchSpaceError, default_space_path, load_search_space
+from bohb_search.train.configs import FinetuneConfig
+from bohb_search.tune.spaces import SPACES_DIR, SearchSpaceError, default_space_path, load_search_space
 
 
 @pytest.mark.parametrize("generalized", [False, True])

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bohb_search.configs import FinetuneConfig, PretrainConfig
-from bohb_search.datasets import FinetuneData, PretrainData
-from bohb_search.training import FinetuneTrainer, PretrainTrainer
+from bohb_search.train.configs import FinetuneConfig, PretrainConfig
+from bohb_search.train.finetune import FinetuneTrainer
+from bohb_search.train.pretrain import PretrainTrainer
+from data.datasets import FinetuneData, PretrainData
 from data.audio import AudioConfig
 from data.features import FeatureConfig
 from models import encoder_preset

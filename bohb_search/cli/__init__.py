@@ -1,0 +1,54 @@
+"""The command line ``python -m bohb_search <command>``: flags derived from the configuration dataclasses,
+handlers that load torch/Ray/MLflow only when run, and bad input reported as one line by :func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .flags import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import data_cmds, experiment_cmds, search_cmds, train_cmds
+
+    parser = argparse.ArgumentParser(
+        prog="bohb-search",
+        description="Anomalous machine-sound detection with an Audio-Mamba encoder, pOE + GRL fine-tuning and BOHB search.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for module in (data_cmds, train_cmds, search_cmds, experiment_cmds):
+        module.register(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input rather than a bug: reported as one line."""
+    from data.audio import BadAudioError
+    from data.datasets import DataError
+    from data.manifest import ManifestError
+    from models import CheckpointError
+
+    return (UsageError, DataError, BadAudioError, ManifestError, CheckpointError, ValueError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - sorted into bad input (one line) and bugs (traceback) below
+        if isinstance(err, UsageError) or isinstance(err, user_errors()):
+            message = " ".join(str(err).split())
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Stage 2: fine-tuning with pOE + GRL (paper 2.5, eq. 8-11, 3.2)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from data.datasets import FinetuneData, to_tensor
+from models import AnomalyHead, DomainClassifier, EncoderConfig, build_encoder, grad_reverse, load_weights
+
+from ..scoring.scores import embedding_scores
+from .base import AnomalyTrainer, autocast, batches
+from .configs import FinetuneConfig
+from .losses import combined_objective, domain_adversarial_loss, init_center, poe_loss_terms, update_center
+from .pseudo_outliers import make_pseudo_outliers
+
+
+def default_head_layers(depth: int) -> list[int]:
+    """Up to three intermediate blocks just before the last one (the last one is the global feature)."""
+    return list(range(max(0, depth - 4), depth - 1)) or [depth - 1]
+
+
+class FinetuneTrainer(AnomalyTrainer):
+    """θ_f (last K blocks + anomaly head) on L_oe + λ_adv·L_adv; θ_D on CE of detached embeddings."""
+
+    kind = "finetune"
+
+    def __init__(self, cfg: FinetuneConfig, encoder_cfg: EncoderConfig, data: FinetuneData,
+                 encoder_state: dict | None = None, device: str | torch.device = "auto"):
+        super().__init__(cfg, data, device)
+        self.encoder_cfg = encoder_cfg
+        self.encoder = build_encoder(encoder_cfg).to(self.device)
+        if encoder_state is not None:
+            load_weights(self.encoder, encoder_state, "pre-trained encoder weights")
+        depth = len(self.encoder.blocks)
+        if cfg.unfreeze_k > depth:
+            raise ValueError(f"finetune unfreeze_k={cfg.unfreeze_k} exceeds the encoder depth {depth}")
+        layers = list(cfg.head_layers) or default_head_layers(depth)
+        bad = [i for i in layers if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"finetune head_layers {bad} outside 0..{depth - 1}")
+        self.head_layers = layers
+        self.head = AnomalyHead(encoder_cfg.dim, layers, cfg.emb_dim, cfg.head_hidden, cfg.head_dropout).to(self.device)
+        self.domain_clf = DomainClassifier(cfg.emb_dim, cfg.domain_hidden, 2).to(self.device)
+        self._freeze(depth - cfg.unfreeze_k)
+        self.opt_f = torch.optim.AdamW(self.feature_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_d = torch.optim.AdamW(self.domain_clf.parameters(), lr=cfg.domain_lr, weight_decay=cfg.domain_weight_decay)
+        self.center: torch.Tensor | None = None
+
+    # ---- parameters -----------------------------------------------------------------------------
+    def _freeze(self, n_frozen_blocks: int) -> None:
+        """Freeze the tokenizer and the first ``n_frozen_blocks`` blocks; keep the last K trainable."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        for block in list(self.encoder.blocks)[n_frozen_blocks:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        if n_frozen_blocks < len(self.encoder.blocks):  # the final norm belongs to the trained top
+            for p in self.encoder.norm.parameters():
+                p.requires_grad_(True)
+
+    def feature_parameters(self) -> list[torch.nn.Parameter]:
+        """θ_f: the unfrozen encoder blocks and the anomaly head."""
+        return [p for p in self.encoder.parameters() if p.requires_grad] + list(self.head.parameters())
+
+    def _set_train(self, training: bool) -> None:
+        self.encoder.train(training)
+        self.head.train(training)
+        self.domain_clf.train(training)
+
+    # ---- one epoch ------------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.amp):
+            out = self.encoder(x)
+            z = self.head(out.pooled, out.layers)
+        return z.float()
+
+    def feature_loss(self, x: torch.Tensor, is_outlier: torch.Tensor,
+                     domains: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """L_total = L_oe (eq. 9) + λ_adv·L_adv (eq. 10, through the GRL) on one batch → (loss, logs, z)."""
+        z = self._forward(x)
+        if not torch.isfinite(z).all():
+            raise FloatingPointError(f"non-finite embeddings at epoch {self.epoch + 1} (diverged, or NaN input)")
+        z_normal = z[~is_outlier]
+        if self.center is None:
+            self.center = init_center(z_normal.detach())
+        parts = poe_loss_terms(z, is_outlier, self.center, self.cfg.delta)
+        loss = parts.total
+        logs = {"loss_oe": parts.total.item(), "loss_normal": parts.normal_term.item(),
+                "loss_outlier": parts.outlier_term.item()}
+        if self.cfg.lambda_adv > 0:
+            adv = domain_adversarial_loss(self.domain_clf(grad_reverse(z_normal, 1.0)), domains)
+            loss = combined_objective(parts.total, adv, self.cfg.lambda_adv)
+            logs["loss_adv"] = adv.item()
+        return loss, logs, z
+
+    def domain_step(self, z_normal: torch.Tensor, domains: torch.Tensor) -> dict:
+        """θ_D update on CE(D(detach(z)), d): the feature extractor receives no gradient from it."""
+        self.opt_d.zero_grad(set_to_none=True)
+        logits = self.domain_clf(z_normal.detach())
+        loss = domain_adversarial_loss(logits, domains)
+        loss.backward()
+        self.opt_d.step()
+        return {"domain_loss": loss.item(), "domain_acc": (logits.argmax(-1) == domains).float().mean().item()}
+
+    def _train_epoch(self) -> dict:
+        cfg = self.cfg
+        self._set_train(True)
+        sums: dict[str, float] = {}
+        self.opt_f.zero_grad(set_to_none=True)
+        batch_ids = list(batches(self.data.n_train, cfg.batch_size, self.generator))
+        for b, idx in enumerate(batch_ids):
+            normals = torch.from_numpy(self.data.train_base[self.data.train_index[idx]].astype(np.float32))
+            domains = torch.from_numpy(self.data.train_domain[idx]).to(self.device)
+            if cfg.poe_ratio > 0:
+                outliers, _ = make_pseudo_outliers(normals, self.generator, self.poe_cfg, self.pool)
+                x = torch.cat([normals, outliers])
+            else:
+                x = normals
+            is_outlier = torch.arange(len(x)) >= len(normals)
+            x, is_outlier = x.unsqueeze(1).to(self.device), is_outlier.to(self.device)
+
+            loss, logs, z = self.feature_loss(x, is_outlier, domains)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite fine-tuning loss at epoch {self.epoch + 1}, batch {b + 1}")
+            (loss / cfg.accum_steps).backward()
+            if (b + 1) % cfg.accum_steps == 0 or b + 1 == len(batch_ids):
+                torch.nn.utils.clip_grad_norm_(self.feature_parameters(), cfg.grad_clip)
+                self.opt_f.step()
+                self.opt_f.zero_grad(set_to_none=True)
+            z_normal = z[~is_outlier].detach()
+            if cfg.lambda_adv > 0:
+                logs.update(self.domain_step(z_normal, domains))
+            self.center = update_center(self.center, z_normal, cfg.center_momentum)
+            logs["loss_total"] = loss.item()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {k: v / max(len(batch_ids), 1) for k, v in sums.items()}
+
+    # ---- scoring --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, features: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+        self._set_train(False)
+        bs = batch_size or self.cfg.batch_size
+        out = [self._forward(to_tensor(features[i : i + bs], self.device)).cpu() for i in range(0, len(features), bs)]
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.emb_dim)
+
+    def knn_bank(self) -> dict[str, torch.Tensor]:
+        """Embeddings of the unique training normals, per domain (the k-NN score's reference set)."""
+        rows, dom = self._unique_training_rows()
+        z = self.embed(self.data.train_base[rows])
+        return {name: z[dom == i] for name, i in (("source", 0), ("target", 1)) if (dom == i).any()}
+
+    @torch.no_grad()
+    def score(self, features: np.ndarray, bank: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        z = self.embed(features)
+        if self.cfg.score == "knn" and bank is None:
+            bank = self.knn_bank()
+        center = None if self.center is None else self.center.cpu()
+        return embedding_scores(z, self.cfg.score, center, bank, self.cfg.knn_k).numpy()
+
+    # ---- state ------------------------------------------------------------------------------------
+    def _model_state(self) -> dict:
+        return {
+            "encoder": copy.deepcopy(self.encoder.state_dict()),
+            "head": copy.deepcopy(self.head.state_dict()),
+            "center": None if self.center is None else self.center.detach().clone(),
+        }
+
+    def _load_model_state(self, state: dict) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.head.load_state_dict(state["head"])
+        self.center = None if state["center"] is None else state["center"].to(self.device)
+
+    def _extra_state(self) -> dict:
+        return {"encoder_config": self.encoder_cfg.to_dict(), "head_layers": self.head_layers,
+                "domain_clf": self.domain_clf.state_dict(), "opt_f": self.opt_f.state_dict(),
+                "opt_d": self.opt_d.state_dict()}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self.domain_clf.load_state_dict(state["domain_clf"])
+        self.opt_f.load_state_dict(state["opt_f"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    def export(self) -> dict:
+        """Weights and settings needed to score clips (see ``inference.AnomalyModel``)."""
+        return {
+            "model_kind": self.encoder_cfg.kind,
+            "encoder_config": self.encoder_cfg.to_dict(),
+            "encoder": self.encoder.state_dict(),
+            "head_config": {"layers": list(self.head_layers), "emb_dim": self.cfg.emb_dim,
+                            "hidden": self.cfg.head_hidden, "dropout": self.cfg.head_dropout},
+            "head": self.head.state_dict(),
+            "center": self.center.detach().cpu().clone(),
+            "score": self.cfg.score,
+            "knn_k": self.cfg.knn_k,
+            "knn_bank": {k: v.clone() for k, v in self.knn_bank().items()},
+            "finetune_config": self.cfg.to_dict(),
+        }

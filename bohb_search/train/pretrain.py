@@ -1,0 +1,105 @@
+"""Stage 1: supervised pre-training of the encoder on machine types (paper 2.4, eq. 7)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
+
+from data.datasets import PretrainData, to_tensor
+from models import ClassificationHead, EncoderConfig, build_encoder
+
+from .base import autocast, batches, resolve_device
+from .configs import PretrainConfig
+
+
+class PretrainTrainer:
+    """Encoder + linear classification head trained with cross-entropy (eq. 7) over machine types."""
+
+    def __init__(self, cfg: PretrainConfig, encoder_cfg: EncoderConfig, data: PretrainData,
+                 device: str | torch.device = "auto"):
+        self.cfg = cfg
+        self.data = data
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        torch.manual_seed(cfg.seed)
+        self.encoder_cfg = encoder_cfg
+        self.encoder = build_encoder(encoder_cfg).to(self.device)
+        self.head = ClassificationHead(encoder_cfg.dim, len(data.classes)).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            list(self.encoder.parameters()) + list(self.head.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def step(self) -> dict:
+        cfg = self.cfg
+        self.encoder.train()
+        self.head.train()
+        n = len(self.data.train_y)
+        total, correct, seen = 0.0, 0, 0
+        for idx in batches(n, cfg.batch_size, self.generator):
+            self.optimizer.zero_grad(set_to_none=True)
+            for mstart in range(0, len(idx), cfg.micro_batch_size):
+                mi = idx[mstart : mstart + cfg.micro_batch_size]
+                x = to_tensor(self.data.train_x[mi], self.device)
+                y = torch.from_numpy(self.data.train_y[mi]).to(self.device)
+                with autocast(self.device, cfg.amp):
+                    logits = self.head(self.encoder(x).pooled)
+                    loss = F.cross_entropy(logits.float(), y)
+                (loss * len(mi) / len(idx)).backward()
+                total += loss.item() * len(mi)
+                correct += int((logits.argmax(-1) == y).sum())
+                seen += len(mi)
+            if not math.isfinite(total):
+                raise FloatingPointError(f"non-finite pre-training loss at epoch {self.epoch + 1}")
+            self.optimizer.step()
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, "train_loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        metrics.update(self.validate())
+        self.history.append(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        if len(self.data.val_y) == 0:
+            return {}
+        self.encoder.eval()
+        self.head.eval()
+        probs = []
+        for start in range(0, len(self.data.val_y), self.cfg.micro_batch_size):
+            x = to_tensor(self.data.val_x[start : start + self.cfg.micro_batch_size], self.device)
+            with autocast(self.device, self.cfg.amp):
+                probs.append(torch.softmax(self.head(self.encoder(x).pooled).float(), -1).cpu())
+        p = torch.cat(probs).numpy()
+        y = self.data.val_y
+        onehot = np.eye(len(self.data.classes))[y]
+        present = onehot.sum(0) > 0  # mAP over the classes that have validation clips
+        val_map = float(average_precision_score(onehot[:, present], p[:, present], average="macro"))
+        return {"val_accuracy": float((p.argmax(1) == y).mean()), "val_map": val_map}
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": "pretrain",
+            "config": self.cfg.to_dict(),
+            "encoder_config": self.encoder_cfg.to_dict(),
+            "classes": list(self.data.classes),
+            "encoder": self.encoder.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
