@@ -22,7 +22,9 @@ from .train.configs import FinetuneConfig, strict_from_dict
 
 SPECIFIC = "Proposed (machine-specific)"
 GENERALIZED = "Proposed (machine-generalized)"
-BASELINE = "Baseline (AE)"
+BASELINE_MSE = "Baseline (AE, MSE)"
+BASELINE_MAHALA = "Baseline (AE, MAHALA)"
+SYSTEMS = (SPECIFIC, GENERALIZED, BASELINE_MSE, BASELINE_MAHALA)
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,16 @@ class FinalTrainConfig:
     """How the best configurations are retrained (what is retrained comes from the best_config.json files)."""
 
     max_epochs: int = 100  # at most this many epochs per final model (paper: 100), early stopping as in the search
-    with_baseline: bool = False  # also train the DCASE AE baseline per machine on the same data
+    with_baseline: bool = False  # also train the DCASE AE baseline (its own recipe) per machine on the same data
+    baseline_epochs: int = 100  # the AE baseline's epochs (official: 100)
     tracking_uri: str | None = None  # MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields that override every best configuration
 
     def __post_init__(self):
-        if not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool) or self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be a positive integer, got {self.max_epochs!r}")
+        for name in ("max_epochs", "baseline_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         FinetuneConfig.from_dict(dict(self.finetune))  # unknown or bad overrides fail before any training
 
     @classmethod
@@ -49,8 +54,9 @@ class FinalModel:
     name: str
     system: str
     model_path: Path
-    scores: object  # pandas DataFrame of the model's test scores
+    scores: object  # pandas DataFrame of the model's test scores (scores.csv, with the part of every clip)
     best: dict
+    selection: str  # how the model was selected (validation part, whole test split, held-out normals, fixed budget)
 
 
 def find_best_configs(paths: list[Path] | None, searches_dir: Path | None) -> list[Path]:
@@ -81,8 +87,8 @@ def load_best(path: Path) -> dict:
     return best
 
 
-def _log_final_run(tracking_uri: str | None, name: str, best: dict, report, model_path: Path,
-                   plots: list[Path]) -> None:
+def _log_final_run(tracking_uri: str | None, name: str, params: dict, report, model_path: Path,
+                   plots: list[Path], tables: list[Path] = ()) -> None:
     from mlflow.entities import Metric, Param
 
     from .tune.tracking import client as mlflow_client
@@ -92,67 +98,128 @@ def _log_final_run(tracking_uri: str | None, name: str, best: dict, report, mode
     client = mlflow_client(uri)
     exp_id = get_or_create_experiment(client, "bohb-search/final", uri)
     run = client.create_run(exp_id, run_name=f"final {name}", tags={"bohb_search.role": "final", "bohb_search.search": name})
-    params = flat_params({"search": best.get("search"), **best["finetune_config"]})
+    params = flat_params(params)
     metrics = []
     if report is not None:
-        metrics = [Metric("official_score", report.official_score, 0, 0), Metric("total_hmean", report.total_hmean, 0, 0)]
+        values = {"official_score": report.official_score, "total_hmean": report.total_hmean,
+                  "auc_source_hmean": report.summary.loc["AUC (source)", "hmean"],
+                  "auc_target_hmean": report.summary.loc["AUC (target)", "hmean"],
+                  "pauc_hmean": report.summary.loc["pAUC", "hmean"],
+                  **{k: v for k, v in report.diagnostics().loc["all"].items()}}
+        metrics = [Metric(k, float(v), 0, 0) for k, v in values.items() if v == v]  # NaN: the value does not exist
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()], metrics=metrics)
     client.log_artifact(run.info.run_id, str(model_path))
     for png in plots:
         client.log_artifact(run.info.run_id, str(png), "plots")
+    for table in tables:
+        client.log_artifact(run.info.run_id, str(table), "tables")
     client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def print_final_estimate(best_paths: list[Path], cfg: FinalTrainConfig, opts: RunOptions = RunOptions(),
+                         out=print) -> float:
+    """Print the models final-train will train, their epoch budget and an ETA from a short measured step
+    of each (an upper bound: early stopping usually ends sooner); warns when a CPU run exceeds an hour.
+    Returns the ETA in seconds."""
+    from data.config import dcase_ae_features
+
+    from .train.configs import AEBaselineConfig
+    from .train.estimate import eta_lines, measure_epoch, print_lines
+    from .train.setup import build_ae_trainer, build_trainer, load_pretrained, prepare_finetune
+
+    eta, epochs, models, estimate = 0.0, 0, 0, None
+    for path in best_paths:
+        best = load_best(path)
+        ft = FinetuneConfig.from_dict({**best["finetune_config"], **cfg.finetune, "max_epochs": cfg.max_epochs})
+        setup = prepare_finetune(best["data"], best.get("machines"), best["pretrained"], cache_dir=opts.cache_dir,
+                                 on_bad_file=opts.on_bad_file, quiet=True)
+        estimate = measure_epoch(build_trainer(setup, ft, opts.device))
+        eta, epochs, models = eta + ft.max_epochs * estimate.seconds_per_epoch, epochs + ft.max_epochs, models + 1
+        if cfg.with_baseline and not best.get("generalized"):
+            seconds = load_pretrained(best["pretrained"])[2].audio.seconds
+            ae_setup = prepare_finetune(best["data"], best.get("machines"), None, None, dcase_ae_features(seconds),
+                                        opts.cache_dir, opts.on_bad_file, quiet=True, other_machines=False)
+            ae = measure_epoch(build_ae_trainer(ae_setup, AEBaselineConfig(max_epochs=cfg.baseline_epochs), opts.device))
+            eta, epochs, models = eta + cfg.baseline_epochs * ae.seconds_per_epoch, epochs + cfg.baseline_epochs, models + 1
+    plan = (f"final-train: {models} model(s), at most {epochs} epochs in all (early stopping usually ends the "
+            f"proposed models sooner)")
+    print_lines(eta_lines(plan, eta, estimate), out)
+    return eta
 
 
 def run_final_train(best_paths: list[Path], out_dir: Path, cfg: FinalTrainConfig = FinalTrainConfig(),
                     opts: RunOptions = RunOptions()) -> dict:
-    """Retrain, evaluate and tabulate every best configuration; returns {system: EvaluationReport}."""
+    """Retrain, evaluate and tabulate every best configuration; returns {system: EvaluationReport}.
+
+    Every system is reported on the same clips: the report half of the labelled test split when any model
+    was selected on the validation half, else the whole labelled test split.
+    """
     import pandas as pd
 
     from data.atomic import atomic_write_csv, atomic_write_json
+    from models import load_checkpoint
 
-    from .evaluate.metrics import EvaluationReport, evaluate_scores
-    from .evaluate.run import run_evaluate
+    from .evaluate.metrics import evaluate_scores
+    from .evaluate.run import SAME_CLIPS_MARK, run_evaluate
     from .evaluate.tables import write_tables
-    from .train.runs import run_finetune
+    from .train.configs import AEBaselineConfig
+    from .train.runs import run_ae_baseline, run_finetune
 
     out = Path(out_dir)
     finals: list[FinalModel] = []
+
+    def add(name: str, system: str, model: Path, best: dict, score=None) -> None:
+        ev_dir = out / "evaluate" / name
+        report = run_evaluate(model, best["data"], ev_dir, system=name, opts=opts, score=score)
+        scores = pd.read_csv(ev_dir / "scores.csv", dtype={"section": str})
+        bundle = load_checkpoint(model)
+        finals.append(FinalModel(name, system, model, scores, best, bundle.get("selection", "")))
+        params = {"system": system, "search": best.get("search"), "score": score or "as trained",
+                  **(bundle.get("finetune_config") or bundle.get("baseline_config") or {})}
+        _log_final_run(cfg.tracking_uri, name, params, report, model, sorted((ev_dir / "plots").glob("*.png")),
+                       sorted(p for p in ev_dir.glob("*") if p.suffix in (".md", ".csv", ".json")))
+
     for path in best_paths:
         best = load_best(path)
         name = best.get("search") or path.parent.name
         ft = FinetuneConfig.from_dict({**best["finetune_config"], **cfg.finetune, "max_epochs": cfg.max_epochs})
-        system = GENERALIZED if best.get("generalized") else SPECIFIC
-        model_dir = out / "models" / name
-        model = run_finetune(ft, best["data"], model_dir, best.get("machines"), pretrained=best["pretrained"],
-                             opts=opts)
-        ev_dir = out / "evaluate" / name
-        report = run_evaluate(model, best["data"], ev_dir, system=name, opts=opts)
-        scores = pd.read_csv(ev_dir / "scores.csv")
-        finals.append(FinalModel(name, system, model, scores, best))
-        _log_final_run(cfg.tracking_uri, name, best, report, model, sorted((ev_dir / "plots").glob("*.png")))
+        model = run_finetune(ft, best["data"], out / "models" / name, best.get("machines"),
+                             pretrained=best["pretrained"], opts=opts)
+        add(name, GENERALIZED if best.get("generalized") else SPECIFIC, model, best)
         if cfg.with_baseline and not best.get("generalized"):
-            ae_dir = out / "models" / f"{name}-ae"
-            ae_cfg = FinetuneConfig(lr=1e-3, max_epochs=cfg.max_epochs, batch_size=ft.batch_size, seed=ft.seed)
-            ae_model = run_finetune(ae_cfg, best["data"], ae_dir, best.get("machines"), pretrained=best["pretrained"],
-                                    model_kind="ae", opts=opts)
-            ae_eval = out / "evaluate" / f"{name}-ae"
-            run_evaluate(ae_model, best["data"], ae_eval, system=f"{name}-ae", opts=opts)
-            finals.append(FinalModel(f"{name}-ae", BASELINE, ae_model, pd.read_csv(ae_eval / "scores.csv"), best))
+            from .train.setup import load_pretrained
 
-    reports: dict[str, EvaluationReport] = {}
-    for system in (SPECIFIC, GENERALIZED, BASELINE):
-        parts = [f.scores for f in finals if f.system == system]
-        if not parts:
+            seconds = load_pretrained(best["pretrained"])[2].audio.seconds
+            ae = run_ae_baseline(AEBaselineConfig(max_epochs=cfg.baseline_epochs), best["data"],
+                                 out / "models" / f"{name}-ae", best.get("machines"), seconds=seconds, opts=opts)
+            add(f"{name}-ae", BASELINE_MSE, ae, best, score="mse")
+            add(f"{name}-ae-mahala", BASELINE_MAHALA, ae, best, score="mahalanobis")
+
+    report_half = any(f.selection == "validation part" for f in finals)
+    reports = {}
+    for system in SYSTEMS:
+        mine = [f for f in finals if f.system == system]
+        if not mine:
             continue
-        scores = pd.concat(parts, ignore_index=True)
-        slug = system.lower().replace(" ", "_").replace("(", "").replace(")", "")
+        scores = pd.concat([f.scores for f in mine], ignore_index=True)
+        slug = system.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
         atomic_write_csv(scores, out / "scores" / f"{slug}.csv")
-        labelled = scores[scores["label"].isin(["normal", "anomaly"]) & scores["domain"].isin(["source", "target"])]
-        if not labelled.empty:
-            reports[system] = evaluate_scores(labelled)
+        reported = scores[scores["part"] == "report"] if report_half else scores[scores["part"] != "unlabelled"]
+        if reported.empty or reported["label"].nunique() < 2:
+            continue
+        same = any(f.selection == "whole test split" for f in mine) or (
+            not report_half and any(f.selection == "validation part" for f in mine))
+        reports[system + (SAME_CLIPS_MARK if same else "")] = evaluate_scores(reported)
     if reports:
-        write_tables(reports, out / "tables")
+        n = len(pd.concat([f.scores for f in finals]).query("part != 'unlabelled'").drop_duplicates("path"))
+        note = (f"Every system reported on the report half of the labelled test split; the proposed models were "
+                f"selected on the other half ({n} labelled test clips in all)." if report_half else
+                f"Every system reported on the whole labelled test split ({n} clips).")
+        if any(SAME_CLIPS_MARK in s for s in reports):
+            note += f"{SAME_CLIPS_MARK} selected on the clips it is reported on: optimistic."
+        write_tables(reports, out / "tables", note=note)
         atomic_write_json(out / "tables" / "summary.json", {
-            s: {"official_score": r.official_score, "total_hmean": r.total_hmean, "total_amean": r.total_amean}
-            for s, r in reports.items()})
+            "reported_on": note,
+            **{s: {"official_score": r.official_score, "total_hmean": r.total_hmean, "total_amean": r.total_amean}
+               for s, r in reports.items()}})
     return reports

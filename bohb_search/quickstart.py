@@ -42,6 +42,7 @@ class QuickstartConfig:
     generalized_max_epochs: int = 3  # Hyperband max_t of the generalized search
     final_max_epochs: int = 9  # epochs of the final retrain
     batch_size: int = 64  # fine-tuning batch of every trial
+    min_steps_per_epoch: int = 4  # fine-tuning steps per epoch at least (a few: the quickstart is about minutes)
     seed: int = 0  # data, weights, searcher
     device: str = "auto"  # auto, cpu, cuda
     tracking_uri: str | None = None  # MLflow tracking URI (default sqlite:///<out>/mlflow.db)
@@ -66,7 +67,7 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     from .train.runs import run_pretrain
     from .tune.runner import default_space, run_search
     from .tune.settings import SearchSettings
-    from .tune.tracking import resolve_tracking_uri
+    from .tune.tracking import mlflow_ui_command, resolve_tracking_uri
 
     out = Path(q.out).resolve()
     if q.fresh and out.exists():
@@ -112,14 +113,15 @@ def run_quickstart(q: QuickstartConfig) -> dict:
             name=name, data=[str(data_dir)], machines=machines, pretrained=str(pretrained),
             space=default_space(machines is None), num_samples=trials, max_epochs=max_epochs, eta=3,
             storage_path=str(out / "searches"), tracking_uri=tracking_uri, cache_dir=str(cache),
-            device=q.device, finetune={"batch_size": q.batch_size, "seed": q.seed})
+            device=q.device, finetune={"batch_size": q.batch_size, "seed": q.seed,
+                                       "min_steps_per_epoch": q.min_steps_per_epoch})
         best_path = settings.out_dir / "best_config.json"
         if not best_path.exists():
             resume = (settings.out_dir / "search_settings.json").exists()  # an interrupted quickstart
             best = run_search(settings, resume=resume, verbose=0 if q.quiet else 1)
         else:
             best = json.loads(best_path.read_text())
-        print(f"[quickstart] search {name}: best validation AUC {best['metric']['value']:.3f} "
+        print(f"[quickstart] search {name}: best validation score {best['metric']['value']:.3f} "
               f"at {best['budget_epochs']} epochs ({best['trials']})")
         best_files.append(best_path)
         stage(f"search {name}", t0)
@@ -144,5 +146,5 @@ def run_quickstart(q: QuickstartConfig) -> dict:
   final/tables/         table2/table3 (.csv, .md), per_section.csv, summary.json
   final/evaluate/<name>/submission/   DCASE anomaly_score_*/decision_result_* files
   final/models/<name>/model.pt        final checkpoints (score new recordings: bohb-search score --model …)
-Compare the trials in MLflow:  mlflow ui --backend-store-uri {tracking_uri}""")
+Compare the trials in MLflow:  {mlflow_ui_command(tracking_uri)}""")
     return q.timings

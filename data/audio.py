@@ -55,7 +55,10 @@ def check_wav_complete(path: Path) -> None:
 def read_audio(path: str | Path, channel: int | str = 0) -> tuple[np.ndarray, int]:
     """Read a file as float32 mono at its native rate. Raises :class:`BadAudioError`."""
     path = Path(path)
-    check_wav_complete(path)
+    try:
+        check_wav_complete(path)
+    except OSError as exc:  # permission denied, a symlink loop or a dangling link: a bad file like any other
+        raise BadAudioError(path, f"cannot open ({exc.strerror or type(exc).__name__})") from None
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile errors are RuntimeError/LibsndfileError/TypeError

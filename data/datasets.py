@@ -6,6 +6,7 @@ only index into one float16 array, so the balanced set's repeated target clips c
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -122,13 +123,71 @@ def make_pretrain_data(table: FeatureTable, target: str = "machine", val_fractio
 # Stage 2
 
 
+VALIDATION_SHARE = 0.5  # of the labelled test split: the rest is the report part
+
+
+def split_test_clips(manifest: pd.DataFrame) -> np.ndarray:
+    """``"validation"`` or ``"report"`` for every row: the labelled test split cut once, the same way on
+    every machine and every run.
+
+    Stratified by machine × section × domain × label; within a stratum the clips are ordered by a hash
+    of their file name and the first half (rounded down) validates, the rest is reported on. No seed,
+    no order dependence: a clip is on the same side in training, search, ``evaluate`` and every table.
+    """
+    parts = np.full(len(manifest), "report", dtype=object)
+    keys = manifest[["machine", "section", "domain", "label"]].astype(str).agg("|".join, axis=1).to_numpy()
+    digest = manifest["file"].astype(str).map(lambda f: hashlib.sha1(f.encode()).hexdigest()).to_numpy()
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        rows = rows[np.argsort(digest[rows], kind="stable")]
+        parts[rows[: int(len(rows) * VALIDATION_SHARE)]] = "validation"
+    return parts
+
+
+NO_ATTRIBUTES = "-"  # the attribute part of a class key for clips whose names carry no attributes
+
+
+def attribute_string(row_attributes: str, attrs: dict | None) -> str:
+    """The attribute part of a class key: the file name's attributes, else those of ``attributes_00.csv``,
+    else ``-`` (DCASE 2020/2021 names, ``noAttribute`` machines of DCASE 2024/2025)."""
+    text = "" if row_attributes is None or row_attributes != row_attributes else str(row_attributes)
+    if text and text != "noAttribute":
+        return text
+    if isinstance(attrs, dict) and attrs:
+        return "_".join(f"{k}_{v}" for k, v in sorted(attrs.items()))
+    return NO_ATTRIBUTES
+
+
+def class_keys(manifest: pd.DataFrame) -> np.ndarray:
+    """``machine|section|attributes|domain`` per clip: what is known about a normal clip, the classes of the
+    margin objective (the domain stays part of the class). Clips without attributes get ``-``; the
+    trainer may split those into pseudo classes."""
+    n = len(manifest)
+    raw = manifest["attributes"] if "attributes" in manifest else pd.Series([""] * n, index=manifest.index)
+    attrs = manifest["attrs"] if "attrs" in manifest else pd.Series([None] * n, index=manifest.index)
+    parts = zip(manifest["machine"].astype(str), manifest["section"].astype(str),
+                (attribute_string(r, a) for r, a in zip(raw, attrs)), manifest["domain"].astype(str))
+    return np.array(["|".join(p) for p in parts], dtype=object)
+
+
+def labelled_mask(manifest: pd.DataFrame) -> np.ndarray:
+    """Rows with a known label and domain (what metrics can be computed on)."""
+    return (manifest["label"].isin(["normal", "anomaly"]) & manifest["domain"].isin(["source", "target"])).to_numpy()
+
+
 @dataclass
 class FinetuneData:
     """Everything one fine-tuning run needs, as arrays.
 
-    ``train_index`` indexes ``train_base`` (the domain-balanced set repeats target clips);
-    validation is the labelled dev test split when it exists (DCASE practice), otherwise held-out
-    normals against held-out pseudo outliers (filled in by the trainer, which owns the perturbations).
+    ``train_index`` indexes ``train_base`` (the domain-balanced set repeats target clips). Model
+    selection (``selection``):
+
+    * ``"validation part"``: the labelled dev test split exists; its validation half (see
+      :func:`split_test_clips`) selects, the report half is left for the tables;
+    * ``"whole test split"``: as asked (``select_on_all``), the clips that select are also reported on;
+    * ``"held-out normals"``: no labels; held-out normal training clips of each domain against pseudo
+      outliers made from them (made by the trainer, which owns the perturbations);
+    * ``"fixed budget"``: too few held-out normals to select on; every epoch is trained, the last kept.
     """
 
     machines: list[str]
@@ -140,14 +199,39 @@ class FinetuneData:
     val_x: np.ndarray | None
     val_y: np.ndarray | None  # 0 normal / 1 anomaly
     val_domain: np.ndarray | None
-    val_source: str  # "dev test split (labelled)" or "held-out normals vs pseudo outliers"
+    selection: str  # "validation part", "whole test split", "held-out normals" or "fixed budget"
+    base_domain: np.ndarray | None = None  # (N_clips,) 0/1 domain of every row of train_base
+    base_machine: np.ndarray | None = None  # (N_clips,) machine of every row of train_base
+    base_key: np.ndarray | None = None  # (N_clips,) class key (machine|section|attributes|domain) of every row
+    pool_key: np.ndarray | None = None  # (P,) class key of every clip of outlier_pool
+    val_machine: np.ndarray | None = None  # machine of each validation clip
+    val_section: np.ndarray | None = None
     heldout_normals: np.ndarray | None = None
+    heldout_domain: np.ndarray | None = None  # 0/1 per held-out normal
+    heldout_machine: np.ndarray | None = None
     test_table: FeatureTable | None = None  # test clips of these machines (for evaluation and submission)
-    train_table: FeatureTable | None = None  # the unique training clips (for the gamma threshold, kNN bank)
+    train_table: FeatureTable | None = None  # the unique training clips (threshold, score banks)
+    note: str = ""  # one line on how the model is selected, for reports
+
+    def __post_init__(self):
+        n = len(self.train_base)
+        if self.base_domain is None:  # from the balanced set's rows (every clip appears there)
+            self.base_domain = np.zeros(n, dtype=np.int64)
+            self.base_domain[self.train_index] = self.train_domain
+        if self.base_machine is None:
+            self.base_machine = np.full(n, self.machines[0], dtype=object)
 
     @property
     def n_train(self) -> int:
         return len(self.train_index)
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.selection != "fixed budget"
+
+    @property
+    def val_source(self) -> str:
+        return self.note or self.selection
 
 
 def make_finetune_data(
@@ -156,7 +240,9 @@ def make_finetune_data(
     seed: int = 0,
     outlier_pool_size: int = 512,
     heldout_fraction: float = 0.1,
+    heldout_floor: int = 16,
     validation: Literal["auto", "test", "heldout"] = "auto",
+    select_on_all: bool = False,
 ) -> FinetuneData:
     """Assemble fine-tuning data for one machine (machine-specific) or several (generalized)."""
     m = table.manifest
@@ -178,41 +264,64 @@ def make_finetune_data(
     # is "normal", so it relies on perturbations only.
     rng = np.random.default_rng(seed)
     others = np.flatnonzero((is_train_normal & ~mine).to_numpy())
-    pool = None
+    pool = pool_key = None
     if len(others):
-        pick = rng.choice(others, size=min(outlier_pool_size, len(others)), replace=False)
-        pool = table.features[np.sort(pick)]
+        pick = np.sort(rng.choice(others, size=min(outlier_pool_size, len(others)), replace=False))
+        pool = table.features[pick]
+        pool_key = class_keys(m.iloc[pick])
 
     test_rows = np.flatnonzero((mine & (m["split"] == "test")).to_numpy())
     test_table = table.rows(test_rows) if len(test_rows) else None
     labelled = None
     if test_table is not None:
         tm = test_table.manifest
-        ok = tm["label"].isin(["normal", "anomaly"]) & tm["domain"].isin(["source", "target"])
+        ok = labelled_mask(tm)
         if ok.any() and tm.loc[ok, "label"].nunique() == 2:
-            labelled = test_table.rows(ok.to_numpy())
+            labelled = test_table.rows(ok)
     if validation == "test" and labelled is None:
         raise DataError(f"validation 'test' needs a labelled test split for {', '.join(machines)}")
+    common = dict(test_table=test_table, train_table=train_table,
+                  base_domain=train_table.manifest["domain"].map(DOMAIN_IDS).fillna(0).astype(np.int64).to_numpy(),
+                  base_machine=train_table.manifest["machine"].astype(str).to_numpy(),
+                  base_key=class_keys(train_table.manifest), pool_key=pool_key)
     if labelled is not None and validation in ("auto", "test"):
+        if not select_on_all:
+            labelled = labelled.rows(split_test_clips(labelled.manifest) == "validation")
         lm = labelled.manifest
+        selection = "whole test split" if select_on_all else "validation part"
         return FinetuneData(
             machines, table.feature_cfg, train_table.features, train_index, train_domain, pool,
             val_x=labelled.features, val_y=(lm["label"] == "anomaly").astype(np.int64).to_numpy(),
-            val_domain=lm["domain"].map(DOMAIN_IDS).astype(np.int64).to_numpy(),
-            val_source="dev test split (labelled)", test_table=test_table, train_table=train_table,
-        )
-    # no labels: hold out a fraction of the unique normal clips (never trained on)
-    n = len(train_table.features)
-    n_hold = max(1, int(round(heldout_fraction * n))) if n > 1 else 0
-    hold = np.zeros(n, dtype=bool)
-    hold[rng.permutation(n)[:n_hold]] = True
+            val_domain=lm["domain"].map(DOMAIN_IDS).astype(np.int64).to_numpy(), selection=selection,
+            val_machine=lm["machine"].astype(str).to_numpy(), val_section=lm["section"].astype(str).to_numpy(),
+            note=(f"{selection} of the labelled test split ({len(lm)} clips)" if not select_on_all else
+                  f"whole labelled test split ({len(lm)} clips) — tables report on the same clips"),
+            **common)
+    # no labels: hold out normal training clips of every machine and domain (never trained on)
+    tm = train_table.manifest
+    hold = np.zeros(len(tm), dtype=bool)
+    for _, rows in tm.groupby(["machine", "domain"]).indices.items():
+        n_hold = int(round(heldout_fraction * len(rows)))
+        if len(rows) >= 3:
+            n_hold = max(1, n_hold)
+        hold[rng.permutation(rows)[:n_hold]] = True
+    n_held = int(hold.sum())
+    if n_held < heldout_floor:
+        return FinetuneData(
+            machines, table.feature_cfg, train_table.features, train_index, train_domain, pool,
+            val_x=None, val_y=None, val_domain=None, selection="fixed budget",
+            note=(f"fixed budget, no early stopping: no labelled test split and only {n_held} normal clips could be "
+                  f"held out (fewer than {heldout_floor})"), **common)
     keep = ~hold[train_index]
+    held = tm[hold]
     return FinetuneData(
         machines, table.feature_cfg, train_table.features, train_index[keep], train_domain[keep], pool,
-        val_x=None, val_y=None, val_domain=None,
-        val_source="held-out normals vs pseudo outliers",
-        heldout_normals=train_table.features[hold], test_table=test_table, train_table=train_table,
-    )
+        val_x=None, val_y=None, val_domain=None, selection="held-out normals",
+        heldout_normals=train_table.features[hold],
+        heldout_domain=held["domain"].map(DOMAIN_IDS).fillna(0).astype(np.int64).to_numpy(),
+        heldout_machine=held["machine"].astype(str).to_numpy(),
+        note=f"{n_held} held-out normal training clips ({', '.join(f'{d} {n}' for d, n in held['domain'].value_counts().items())}) against pseudo outliers",
+        **common)
 
 
 def to_tensor(x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -46,6 +46,9 @@ class LogMelExtractor(torch.nn.Module):
             n_mels=cfg.n_mels,
             power=cfg.power,
             center=True,
+            pad_mode=cfg.pad_mode,
+            norm=cfg.mel_norm,
+            mel_scale=cfg.mel_scale,
         )
 
     def forward(self, waves: torch.Tensor, n_frames: int | None = None) -> torch.Tensor:

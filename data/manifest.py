@@ -177,7 +177,12 @@ def read_manifest(root: str | Path, strict: bool = False) -> pd.DataFrame:
     attr_tables: dict[Path, dict[str, dict[str, str]]] = {}
     gt_labels, gt_domains = _read_ground_truth(root)
     for wav in sorted(root.rglob("*")):
-        if wav.suffix.lower() != ".wav" or not wav.is_file():
+        if wav.suffix.lower() != ".wav":
+            continue
+        if wav.is_symlink() and not wav.exists():  # dangling, or a loop: say so instead of losing the clip quietly
+            unparsed.append(f"{wav}: symbolic link to nothing (dangling or looping)")
+            continue
+        if not wav.is_file():
             continue
         split_dir = wav.parent
         if split_dir.name not in SPLIT_DIRS:

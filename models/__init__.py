@@ -12,6 +12,7 @@ Imports neither ``data`` nor ``bohb_search``. Names are imported on first use (P
     layers.py       norm choice, MLP sub-block, stochastic depth
     encoder.py      Encoder / build_encoder → EncoderOutput(pooled, layers, tokens)
     heads.py        ClassificationHead (eq. 7), AnomalyHead (eq. 4-6)
+    margin.py       SubClusterAdaCos, ArcFace: angular-margin class heads (the margin objective)
     domain.py       grad_reverse / GradientReversal, DomainClassifier (eq. 10)
     autoencoder.py  the DCASE AE baseline, frame-context vectors, MSE and Mahalanobis scores
     checkpoint.py   atomic save, weights_only load, save_model / load_encoder
@@ -25,6 +26,8 @@ import importlib
 _EXPORTS = {
     "AEConfig": "autoencoder",
     "AnomalyHead": "heads",
+    "ArcFace": "margin",
+    "SubClusterAdaCos": "margin",
     "CheckpointError": "checkpoint",
     "ClassificationHead": "heads",
     "DCASEAutoencoder": "autoencoder",
@@ -40,7 +43,7 @@ _EXPORTS = {
     "build_encoder": "encoder",
     "cuda_scan_available": "scan",
     "encoder_preset": "config",
-    "fit_mahalanobis": "autoencoder",
+    "ResidualCovariance": "autoencoder",
     "frame_context_vectors": "autoencoder",
     "grad_reverse": "domain",
     "load_autoencoder": "checkpoint",

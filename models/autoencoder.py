@@ -3,8 +3,11 @@
 Each input vector is 5 consecutive log-mel frames concatenated (5 × 128 = 640 values); a dense autoencoder
 (640 → 128 ×4 → 8 → 128 ×4 → 640, BatchNorm + ReLU after every hidden layer) reconstructs it. A clip's
 anomaly score is either the mean squared reconstruction error of its vectors ("MSE" mode) or, in the
-baseline's "MAHALA" mode, the Mahalanobis distance of the reconstruction-error vectors under per-domain
-(source / target) Gaussians fitted on the training errors, taking the smaller of the two domains.
+baseline's "MAHALA" mode, mᵀ Σ_d⁻¹ m with m the mean residual *frame* (n_mels values) of the clip and Σ_d
+the covariance of the training residual frames of domain d (source / target), the smaller of the two.
+This follows the official code (nttcslab dcase2023_task2_baseline_ae, 2025t2 branch) exactly: Σ_d is
+summed from per-batch centred scatter matrices and divided by the number of *vectors* − 1, and m is not
+centred.
 """
 
 from __future__ import annotations
@@ -108,59 +111,61 @@ def mse_scores(errors: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MahalanobisModel:
-    """Per-domain Gaussians of reconstruction errors: names, means (K, F) and precision matrices (K, F, F)."""
+    """Per-domain inverse covariances of residual frames: domain names and precisions (K, M, M)."""
 
     domains: list[str]
-    means: torch.Tensor
     precisions: torch.Tensor
 
     def to_dict(self) -> dict:
         """Plain dict of str lists and tensors (loadable with ``torch.load(weights_only=True)``)."""
-        return {"domains": list(self.domains), "means": self.means, "precisions": self.precisions}
+        return {"domains": list(self.domains), "precisions": self.precisions}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MahalanobisModel":
-        return cls(domains=list(d["domains"]), means=d["means"], precisions=d["precisions"])
+        if "precisions" not in d or "means" in d:
+            raise ValueError("Mahalanobis statistics of an earlier version (per-vector Gaussians): retrain the AE")
+        return cls(domains=list(d["domains"]), precisions=d["precisions"])
 
 
-def fit_mahalanobis(errors_by_domain: Mapping[str, torch.Tensor], shrinkage: float = 1e-6) -> MahalanobisModel:
-    """Fit mean and covariance of the training reconstruction errors separately for each domain.
+class ResidualCovariance:
+    """Accumulates the per-domain scatter of residual frames batch by batch, as the baseline does."""
 
-    ``errors_by_domain`` maps a domain name (e.g. "source", "target") to its error vectors, (n, F) or
-    (B, T', F). The covariance gets ``shrinkage`` × its mean variance added to the diagonal before inversion
-    (in float64) so a domain with few clips still yields a usable precision matrix.
-    """
-    if not errors_by_domain:
-        raise ValueError("errors_by_domain must name at least one domain")
-    if shrinkage < 0:
-        raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
-    names, means, precisions = [], [], []
-    for name, errors in errors_by_domain.items():
-        e = errors.detach().reshape(-1, errors.shape[-1]).double()
-        if e.shape[0] < 2:
-            raise ValueError(f"domain {name!r} needs at least 2 error vectors to fit a covariance, got {e.shape[0]}")
-        mean = e.mean(dim=0)
-        centered = e - mean
-        cov = centered.T @ centered / (e.shape[0] - 1)
-        cov += torch.eye(cov.shape[0], dtype=cov.dtype) * (shrinkage * cov.diagonal().mean() + 1e-12)
-        names.append(str(name))
-        means.append(mean)
-        precisions.append(torch.linalg.inv(cov))
-    dtype = next(iter(errors_by_domain.values())).dtype
-    return MahalanobisModel(names, torch.stack(means).to(dtype), torch.stack(precisions).to(dtype))
+    def __init__(self, n_mels: int):
+        self.n_mels = n_mels
+        self.scatter: dict[str, torch.Tensor] = {}
+        self.vectors: dict[str, int] = {}
+
+    def add(self, residuals: torch.Tensor, domains: list[str]) -> None:
+        """``residuals`` (B, n_frames·M) of one batch of vectors; ``domains`` the domain of each vector."""
+        for d in sorted(set(domains)):
+            sel = torch.tensor([x == d for x in domains])
+            rows = residuals[sel].detach().double().reshape(-1, self.n_mels)
+            rows = rows - rows.mean(dim=0)  # centred on the batch's own mean
+            self.scatter[d] = self.scatter.get(d, 0) + rows.T @ rows
+            self.vectors[d] = self.vectors.get(d, 0) + int(sel.sum())
+
+    def finish(self, domains: tuple[str, ...] = ("source", "target")) -> MahalanobisModel:
+        """Covariance = scatter / (vectors − 1); a domain without training vectors takes the source's."""
+        if "source" not in self.scatter:
+            raise ValueError("Mahalanobis: no source-domain training vectors")
+        precisions = []
+        for d in domains:
+            key = d if d in self.scatter else "source"
+            if self.vectors[key] < 2:
+                raise ValueError(f"Mahalanobis: domain {key!r} needs at least 2 training vectors, got {self.vectors[key]}")
+            precisions.append(torch.linalg.inv(self.scatter[key] / (self.vectors[key] - 1)))
+        return MahalanobisModel(list(domains), torch.stack(precisions).float())
 
 
 def mahalanobis_scores(errors: torch.Tensor, model: MahalanobisModel, per_domain: bool = False) -> torch.Tensor:
-    """Clip anomaly scores in MAHALA mode: (B, T', F) errors → (B,) (or (B, K) with ``per_domain``).
+    """Clip anomaly scores in MAHALA mode: (B, T', n_frames·M) residuals → (B,) (or (B, K) with ``per_domain``).
 
-    For each domain k: the mean over the clip's vectors of the squared Mahalanobis distance
-    (e − μ_k)ᵀ Σ_k⁻¹ (e − μ_k); the clip's score is the smallest over domains (the clip is judged by the
-    domain it most resembles).
+    m = the mean of all of a clip's residual frames (M values); the score for domain k is mᵀ Σ_k⁻¹ m, and
+    the clip's score the smallest over domains.
     """
-    if errors.dim() != 3 or errors.shape[-1] != model.means.shape[-1]:
-        raise ValueError(f"errors must be (batch, vectors, {model.means.shape[-1]}), got shape {tuple(errors.shape)}")
-    means = model.means.to(errors)
-    precisions = model.precisions.to(errors)
-    centered = errors.unsqueeze(1) - means[None, :, None, :]  # (B, K, T', F)
-    dist = (torch.einsum("bktf,kfg->bktg", centered, precisions) * centered).sum(-1).mean(dim=-1)  # (B, K)
+    m_dim = model.precisions.shape[-1]
+    if errors.dim() != 3 or errors.shape[-1] % m_dim:
+        raise ValueError(f"errors must be (batch, vectors, n_frames·{m_dim}), got shape {tuple(errors.shape)}")
+    m = errors.reshape(errors.shape[0], -1, m_dim).mean(dim=1).to(model.precisions)  # (B, M)
+    dist = torch.einsum("bf,kfg,bg->bk", m, model.precisions, m)
     return dist if per_domain else dist.min(dim=1).values

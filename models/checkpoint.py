@@ -15,7 +15,9 @@ classes, which is what makes loading a checkpoint from elsewhere safe.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,13 +81,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt file, foreign pickle, truncated zip ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # PyTorch's advice to retry with weights_only=False is the wrong advice for a file that may be
+        # malicious: say plainly what the file is and that nothing was loaded
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path}: not a checkpoint of this tool (it holds Python objects other than "
+                                  "tensors and plain values); it was not loaded") from None
+        raise CheckpointError(f"{path}: not a checkpoint of this tool (not a PyTorch checkpoint file, or a damaged "
+                              "one); it was not loaded") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt file, text file, truncated zip ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint of this tool")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text and text[0] else type(exc).__name__)[:200]
 
 
 def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], what: str = "weights") -> None:

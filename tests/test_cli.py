@@ -82,27 +82,28 @@ def test_config_file_with_flag_overrides_and_effective_config_written(tmp_path):
                   "--train-target", "2", "--test-per-cell", "2", "--seconds", "2", "--quiet")
     assert res.returncode == 0, res.stderr
     cfg = tmp_path / "ae.yaml"
-    cfg.write_text(yaml.safe_dump({"finetune": {"lr": 0.005, "max_epochs": 1, "batch_size": 4},
+    cfg.write_text(yaml.safe_dump({"baseline": {"lr": 0.005, "max_epochs": 1, "batch_size": 64},
                                    "features": {"audio": {"seconds": 2.0}},
                                    "run": {"quiet": True, "cache_dir": str(tmp_path / "cache")}}))
     out = tmp_path / "ae"
-    res = run_cli("finetune", "--model-kind", "ae", "--data", str(data), "--machine", "fan", "--out", str(out),
+    res = run_cli("baseline", "--data", str(data), "--machine", "fan", "--out", str(out),
                   "--config", str(cfg), "--lr", "0.002")
     assert res.returncode == 0, res.stderr
     written = yaml.safe_load((out / "config.yaml").read_text())
-    assert written["finetune"]["lr"] == 0.002  # the flag wins over the file
-    assert written["finetune"]["max_epochs"] == 1 and written["finetune"]["batch_size"] == 4  # the file wins over defaults
+    assert written["baseline"]["lr"] == 0.002  # the flag wins over the file
+    assert written["baseline"]["max_epochs"] == 1 and written["baseline"]["batch_size"] == 64  # the file wins over defaults
     assert written["features"]["audio"]["seconds"] == 2.0
     # the written file is itself a valid --config
-    again = run_cli("finetune", "--model-kind", "ae", "--data", str(data), "--machine", "fan",
+    again = run_cli("baseline", "--data", str(data), "--machine", "fan",
                     "--out", str(tmp_path / "ae2"), "--config", str(out / "config.yaml"), "--quiet")
     assert again.returncode == 0, again.stderr
-    assert yaml.safe_load((tmp_path / "ae2" / "config.yaml").read_text())["finetune"] == written["finetune"]
+    assert yaml.safe_load((tmp_path / "ae2" / "config.yaml").read_text())["baseline"] == written["baseline"]
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"finetune": {"lr": -1}}, "finetune: finetune lr: invalid value -1"),
+    ({"finetune": {"lr": -1}}, "finetune lr: invalid value -1"),
     ({"finetune": {"learning_rate": 1}}, "unknown setting(s) learning_rate"),
+    ({"finetune": {"score": "euclid"}}, "finetune score: expected one of cosine, knn, got 'euclid'"),
     ({"finetuning": {}}, "unknown section(s) finetuning"),
 ])
 def test_bad_config_file_is_one_line(tmp_path, bad, message):
@@ -110,8 +111,8 @@ def test_bad_config_file_is_one_line(tmp_path, bad, message):
 
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
-    res = run_cli("finetune", "--model-kind", "ae", "--data", str(tmp_path), "--machine", "fan", "--out",
-                  str(tmp_path / "o"), "--config", str(cfg))
+    res = run_cli("finetune", "--pretrained", str(tmp_path / "encoder.pt"), "--data", str(tmp_path), "--machine",
+                  "fan", "--out", str(tmp_path / "o"), "--config", str(cfg))
     assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert not (tmp_path / "o").exists()
 

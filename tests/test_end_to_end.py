@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -37,11 +39,11 @@ def test_pretrain_finetune_evaluate_score(synth_set, tmp_path):
 
     res = run_cli("finetune", "--pretrained", str(pre), "--data", str(synth_set), "--machine", EASY,
                   "--out", str(tmp_path / "ft"), "--max-epochs", "6", "--batch-size", "32", "--lr", "1e-3",
-                  "--unfreeze-k", "2", *common)
+                  "--unfreeze-k", "2", "--min-steps-per-epoch", "0", *common)
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "ft" / "finetune_report.json").read_text())
-    assert report["validation"] == "dev test split (labelled)"
-    assert report["best_val_auc"] > 0.6, report
+    assert report["selection"] == "validation part" and "24 clips" in report["validation"]
+    assert report["best_val_score"] > 0.5, report
     assert len(pd.read_csv(tmp_path / "ft" / "history.csv")) == report["epochs_run"]
 
     res = run_cli("evaluate", "--model", str(tmp_path / "ft" / "model.pt"), "--data", str(synth_set),
@@ -61,9 +63,23 @@ def test_pretrain_finetune_evaluate_score(synth_set, tmp_path):
     scores = read_submission_dir(sub)
     truth = pd.read_csv(tmp_path / "eval" / "scores.csv")
     merged = truth.drop(columns="score").merge(scores[["file_name", "score"]], left_on="file", right_on="file_name")
-    again = evaluate_scores(merged)
+    assert len(merged) == len(truth) == 48  # a submission file for every test clip
+    assert (truth["part"] == "report").sum() == 24  # the tables: the half no epoch was selected on
+    again = evaluate_scores(merged[merged["part"] == "report"])
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert again.official_score == pytest.approx(written["official_score"], abs=1e-9)
+    assert "report half" in written["reported_on"] and "report half" in (tmp_path / "eval" / "table2.md").read_text()
+    assert (tmp_path / "eval" / "diagnostics.md").exists() and "domain_auc_normals" in written["diagnostics"]["all"]
+
+    # evaluate's score of every clip is the deployed model's score of that file (rows never misaligned)
+    res = run_cli("score", "--model", str(tmp_path / "ft" / "model.pt"), str(synth_set / EASY / "test"),
+                  "--out", str(tmp_path / "direct.csv"))
+    assert res.returncode == 0, res.stderr
+    direct = pd.read_csv(tmp_path / "direct.csv").assign(file=lambda d: d["path"].map(lambda p: Path(p).name))
+    both = truth.merge(direct[["file", "score"]], on="file", suffixes=("", "_direct"))
+    assert len(both) == 48
+    # the cache keeps float16 log-mels, `score` reads the audio: equal up to that rounding
+    assert np.corrcoef(both["score"], both["score_direct"])[0, 1] > 0.999
 
     # score new recordings of any length (a real 12 s clip and a 4 s synthetic one)
     real = next((FIXTURES / "real_clips" / "dcase2023" / "ToyCar").rglob("*.wav"))
@@ -80,15 +96,20 @@ def test_pretrain_finetune_evaluate_score(synth_set, tmp_path):
 @pytest.mark.slow
 def test_ae_baseline_same_commands(synth_set, tmp_path):
     cache = tmp_path / "cache"
-    res = run_cli("finetune", "--model-kind", "ae", "--data", str(synth_set), "--machine", EASY,
-                  "--out", str(tmp_path / "ae"), "--max-epochs", "3", "--batch-size", "16", "--lr", "1e-3",
-                  "--seconds", "4", "--cache-dir", str(cache), "--quiet")
+    res = run_cli("baseline", "--data", str(synth_set), "--machine", EASY, "--out", str(tmp_path / "ae"),
+                  "--max-epochs", "3", "--seconds", "4", "--cache-dir", str(cache), "--quiet")
     assert res.returncode == 0, res.stderr
-    res = run_cli("evaluate", "--model", str(tmp_path / "ae" / "model.pt"), "--data", str(synth_set),
-                  "--out", str(tmp_path / "eval"), "--cache-dir", str(cache), "--quiet")
-    assert res.returncode == 0, res.stderr
-    assert (tmp_path / "eval" / "table2.csv").exists()
-    assert load_checkpoint(tmp_path / "ae" / "model.pt")["model_kind"] == "ae"
+    bundle = load_checkpoint(tmp_path / "ae" / "model.pt")
+    assert bundle["model_kind"] == "ae" and bundle["selection"] == "fixed budget"
+    for score in ("mse", "mahalanobis"):
+        res = run_cli("evaluate", "--model", str(tmp_path / "ae" / "model.pt"), "--data", str(synth_set),
+                      "--out", str(tmp_path / f"eval-{score}"), "--cache-dir", str(cache), "--quiet",
+                      "--ae-score", score)
+        assert res.returncode == 0, res.stderr
+        assert json.loads((tmp_path / f"eval-{score}" / "metrics.json").read_text())["score"] == score
+    mse = pd.read_csv(tmp_path / "eval-mse" / "scores.csv")["score"]
+    mahala = pd.read_csv(tmp_path / "eval-mahalanobis" / "scores.csv")["score"]
+    assert not np.allclose(mse, mahala)
 
 
 def test_finetune_usage_errors(synth_set, tmp_path):

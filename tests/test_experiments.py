@@ -51,8 +51,8 @@ def test_budget_curve_follows_arrival_order_and_counts_epochs():
     trials = pd.DataFrame({
         "trial_id": ["a", "a", "a", "b", "b", "c"],
         "epoch": [1, 2, 3, 1, 2, 1],
-        "val_auc": [0.5, 0.6, 0.55, 0.7, 0.65, 0.4],
-        "best_val_auc": [0.5, 0.6, 0.6, 0.7, 0.7, 0.4],
+        "val_score": [0.5, 0.6, 0.55, 0.7, 0.65, 0.4],
+        "best_val_score": [0.5, 0.6, 0.6, 0.7, 0.7, 0.4],
         "status": ["FINISHED"] * 5 + ["FAILED"],
         "time_total_s": [1, 2, 3, 1, 2, 1],
     })
@@ -149,7 +149,7 @@ def test_compare_searchers_equal_budget(tiny_set, tmp_path):
     budget, max_epochs = 4, 3
     res = run_compare_searchers([tiny_set], "fan", None, tmp_path / "cmp", budget_epochs=budget, seeds=(0,),
                                 max_epochs=max_epochs, eta=3, batch_size=16, device="cpu", seconds=SECONDS,
-                                dim=32, depth=2, pretrain_epochs=1)
+                                dim=32, depth=2, pretrain_epochs=1, base_config={"min_steps_per_epoch": 0})
     curves = res["curves"]
     assert set(curves["searcher"]) == set(SEARCHER_VARIANTS)
     n_concurrent = 2  # 2 CPUs, 1 CPU per trial
@@ -177,7 +177,8 @@ def test_random_hyperband_stops_trials_early_with_one_concurrent_trial(tiny_set,
     (3 trials at 1 epoch for max_t 3, η 3) instead of training one trial to max_t."""
     res = run_compare_searchers([tiny_set], "fan", None, tmp_path / "cmp1", budget_epochs=3, seeds=(0,),
                                 max_epochs=3, eta=3, batch_size=16, device="cpu", seconds=SECONDS, dim=32,
-                                depth=2, pretrain_epochs=1, max_concurrent=1, searchers=["Random + HyperBand"])
+                                depth=2, pretrain_epochs=1, max_concurrent=1, searchers=["Random + HyperBand"],
+                                base_config={"min_steps_per_epoch": 0})
     trials = pd.read_csv(tmp_path / "cmp1" / "searches" / "random_hyperband-s0" / "trials.csv")
     epochs = trials.groupby("trial_id")["epoch"].max()
     assert len(epochs) >= 3 and (epochs < 3).all(), epochs.to_dict()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bohb_search.scoring.scores import cosine_anomaly_score, knn_cosine_score
+from bohb_search.scoring.scores import cosine_anomaly_score
 from bohb_search.train.losses import (
     combined_objective,
     domain_adversarial_loss,
@@ -241,41 +241,3 @@ def test_cosine_anomaly_score_hand_computed():
     z = t([[1.0, 0.0], [0.0, 5.0], [-1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     score = cosine_anomaly_score(z, t([2.0, 0.0]))
     assert torch.allclose(score, t([0.0, 1.0, 2.0, 1.0 - R2, 1.0]), atol=1e-6)
-
-
-def test_knn_cosine_score_hand_computed():
-    banks = {"source": t([[1.0, 0.0], [0.0, 1.0]]), "target": t([[-1.0, 0.0]])}
-    z = t([[2.0, 0.0], [-1.0, 0.0], [1.0, 1.0]])
-    # distances to source / target:
-    #   z0: (0, 1) / 2         -> k=1: min(0, 2) = 0;         k=2: min(0.5, 2) = 0.5
-    #   z1: (2, 1) / 0         -> k=1: 0;                     k=2: min(1.5, 0) = 0
-    #   z2: (0.29, 0.29) / 1.71 -> both k: 1 - 1/sqrt(2)
-    k1 = knn_cosine_score(z, banks, k=1)
-    k2 = knn_cosine_score(z, banks, k=2)  # target has 1 embedding: all of it is used
-    assert torch.allclose(k1, t([0.0, 0.0, 1.0 - R2]), atol=1e-6)
-    assert torch.allclose(k2, t([0.5, 0.0, 1.0 - R2]), atol=1e-6)
-
-
-def test_knn_cosine_score_chunking_matches_and_min_over_domains():
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(7, 4, generator=g)
-    banks = {"a": torch.randn(5, 4, generator=g), "b": torch.randn(3, 4, generator=g)}
-    full = knn_cosine_score(z, banks, k=2)
-    assert torch.allclose(full, knn_cosine_score(z, banks, k=2, chunk_size=2), atol=1e-6)
-    only_a = knn_cosine_score(z, {"a": banks["a"]}, k=2)
-    only_b = knn_cosine_score(z, {"b": banks["b"]}, k=2)
-    assert torch.allclose(full, torch.minimum(only_a, only_b), atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "banks, k, name",
-    [
-        ({}, 1, "bank_by_domain"),
-        ({"s": torch.zeros(0, 2)}, 1, r"bank_by_domain\['s'\]"),
-        ({"s": torch.ones(3, 5)}, 1, r"bank_by_domain\['s'\]"),
-        ({"s": torch.ones(3, 2)}, 0, "k"),
-    ],
-)
-def test_knn_cosine_score_rejects_bad_arguments(banks, k, name):
-    with pytest.raises(ValueError, match=rf"^{name}:"):
-        knn_cosine_score(torch.ones(2, 2), banks, k=k)

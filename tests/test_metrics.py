@@ -261,13 +261,45 @@ def test_section_without_anomalies_names_machine_and_section():
     assert "'bearing'" in msg and "'00'" in msg and "anomalous" in msg
 
 
-def test_section_without_target_normals_names_the_domain():
+def test_one_domain_data_reports_what_exists():
+    """DCASE 2020/2021-style data (no target domain): AUC (target) does not exist, the rest is reported."""
+    df = make_scores(seed=8, machines=("slider", "fan"), sections=(1,))
+    df = df[df.domain == "source"]
+    report = evaluate_scores(df)
+    assert report.per_section["auc_target"].isna().all()
+    assert np.isnan(report.summary.loc["AUC (target)", "hmean"])
+    values = np.r_[report.per_section["auc_source"], report.per_section["pauc"]]
+    assert report.official_score == pytest.approx(scipy.stats.hmean(values))
+    assert report.total_hmean == pytest.approx(np.mean([report.summary.loc["AUC (source)", "hmean"],
+                                                        report.summary.loc["pAUC", "hmean"]]))
+    again = EvaluationReport.from_dict(json.loads(json.dumps(report.to_dict(), allow_nan=False)))
+    assert again.official_score == pytest.approx(report.official_score)
+    assert np.isnan(again.per_section["auc_target"]).all()
+
+
+def test_section_without_anomalies_names_it():
     df = make_scores(seed=8, machines=("slider",), sections=(1,))
-    df = df[~((df.domain == "target") & (df.label == "normal"))]
     with pytest.raises(ValueError) as exc:
-        evaluate_scores(df)
+        evaluate_scores(df[df.label == "normal"])
     msg = one_line(exc)
-    assert "target" in msg and "'slider'" in msg and "'01'" in msg
+    assert "anomal" in msg and "'slider'" in msg and "'01'" in msg
+
+
+def test_diagnostics_separate_anomalies_from_domain_offset():
+    """Scores that only encode the domain: within-domain AUCs 0.5-ish, domain AUC of normals 1."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for domain, offset in (("source", 0.0), ("target", 5.0)):
+        for label in ("normal", "anomaly"):
+            for v in rng.normal(offset, 1.0, 200):
+                rows.append({"machine": "fan", "section": "00", "domain": domain, "label": label, "score": v})
+    report = evaluate_scores(pd.DataFrame(rows))
+    row = report.per_section.iloc[0]
+    assert abs(row["auc_source_within"] - 0.5) < 0.08 and abs(row["auc_target_within"] - 0.5) < 0.08
+    assert row["domain_auc_normals"] > 0.99
+    # the official AUC (target) ranks target normals against the (lower) source anomalies too: low
+    assert row["auc_target"] < 0.4
+    assert report.diagnostics().loc["all", "domain_auc_normals"] == pytest.approx(row["domain_auc_normals"])
 
 
 @pytest.mark.parametrize(
@@ -322,13 +354,15 @@ def test_hmean_rejects_non_positive_values_naming_the_metric():
     assert "non-finite" in one_line(exc)
 
 
-def test_an_auc_of_zero_stops_the_summary_with_the_metric_named():
-    # perfectly inverted scores give AUC (source) = AUC (target) = 0: the harmonic mean is undefined
+def test_an_auc_of_zero_is_floored_as_the_evaluator_does_or_named_without_a_floor():
+    # perfectly inverted scores give AUC (source) = AUC (target) = 0: the harmonic mean needs the floor
     df = pd.DataFrame(
         [("fan", 0, "source", 0, 1.0), ("fan", 0, "target", 0, 1.0),
          ("fan", 0, "source", 1, 0.0), ("fan", 0, "target", 1, 0.0)],
         columns=["machine", "section", "domain", "label", "score"],
     )
+    report = evaluate_scores(df)
+    assert 0 < report.official_score < 1e-12
     with pytest.raises(ValueError) as exc:
-        evaluate_scores(df)
+        evaluate_scores(df, floor=None)
     assert "AUC (source)" in one_line(exc)

@@ -397,25 +397,38 @@ def test_ae_scores_mse_and_mahalanobis():
     torch.testing.assert_close(errors, manual)
     torch.testing.assert_close(models.mse_scores(errors), manual.square().mean(dim=(1, 2)))
 
-    # two domains with different error scales; per-domain Gaussians fitted on 2-d "errors"
+    # MAHALA as the official code: covariance of residual FRAMES (M values) summed from per-batch centred
+    # scatter matrices over (vectors − 1); the score is mᵀ Σ⁻¹ m with m the clip's mean residual frame
     g = torch.Generator().manual_seed(1)
-    source = torch.randn(4000, 2, generator=g) * torch.tensor([1.0, 3.0]) + torch.tensor([0.5, 0.0])
-    target = torch.randn(4000, 2, generator=g) * 0.2
-    fit = models.fit_mahalanobis({"source": source, "target": target})
+    m_dim, n_frames = 2, 5
+    acc = models.ResidualCovariance(m_dim)
+    scale = {"source": torch.tensor([1.0, 3.0]), "target": torch.tensor([0.2, 0.2])}
+    for _ in range(20):  # 20 batches of 200 vectors, each 5 frames of 2 values, half of each domain
+        doms = ["source"] * 100 + ["target"] * 100
+        frames = torch.randn(200, n_frames, m_dim, generator=g)
+        frames = frames * torch.stack([scale[d] for d in doms])[:, None, :]
+        acc.add(frames.reshape(200, n_frames * m_dim), doms)
+    fit = acc.finish()
     assert fit.domains == ["source", "target"]
-    torch.testing.assert_close(fit.means[0], torch.tensor([0.5, 0.0]), atol=0.1, rtol=0)
-    query = torch.tensor([[[1.5, 0.0]], [[0.0, 0.0]]])  # (B=2, T'=1, F=2)
+    cov_source = torch.linalg.inv(fit.precisions[0].double())
+    # per-frame variances times the 5 frames per vector (the official divisor counts vectors, not frames)
+    torch.testing.assert_close(cov_source.diagonal(), torch.tensor([5.0, 45.0], dtype=torch.float64), rtol=0.1, atol=0)
+    query = torch.tensor([[1.0, 0.0] * n_frames, [0.0, 0.0] * n_frames]).reshape(2, 1, n_frames * m_dim)
     per = models.mahalanobis_scores(query, fit, per_domain=True)
-    assert per.shape == (2, 2)
-    expected = (query[:, 0] - fit.means[0]) @ fit.precisions[0] * (query[:, 0] - fit.means[0])
-    torch.testing.assert_close(per[:, 0], expected.sum(-1))
-    torch.testing.assert_close(per[0, 0], torch.tensor(1.0), atol=0.1, rtol=0)  # one σ from the source mean
+    m = torch.tensor([1.0, 0.0])
+    torch.testing.assert_close(per[0], torch.stack([m @ fit.precisions[k] @ m for k in range(2)]))
     torch.testing.assert_close(models.mahalanobis_scores(query, fit), per.min(dim=1).values)
-    assert per[1, 1] < per[1, 0]  # the origin is typical of the target domain
+    assert per[1].max() == 0  # the mean residual is not centred: a zero residual scores 0 in every domain
     restored = models.MahalanobisModel.from_dict(fit.to_dict())
     assert torch.equal(models.mahalanobis_scores(query, restored), models.mahalanobis_scores(query, fit))
+    only_source = models.ResidualCovariance(m_dim)
+    only_source.add(torch.randn(50, n_frames * m_dim, generator=g), ["source"] * 50)
+    copied = only_source.finish()  # no target vectors: the target covariance is the source's, as the baseline does
+    assert torch.equal(copied.precisions[0], copied.precisions[1])
     with pytest.raises(ValueError, match="at least 2"):
-        models.fit_mahalanobis({"source": source[:1]})
+        one = models.ResidualCovariance(m_dim)
+        one.add(torch.randn(1, n_frames * m_dim), ["source"])
+        one.finish()
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -485,7 +498,7 @@ def test_checkpoint_refuses_objects_and_bad_files(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         models.load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="junk.pt: not a checkpoint of this tool .*not loaded"):
         models.load_checkpoint(tmp_path / "junk.pt")
     models.save_checkpoint(tmp_path / "ok.pt", {"a": [1, 2.5, "x", None], "t": torch.arange(3)})
     state = models.load_checkpoint(tmp_path / "ok.pt")

@@ -13,12 +13,12 @@ import scipy.stats
 
 from bohb_search.evaluate.metrics import evaluate_scores
 from bohb_search.evaluate.submission import (
-    fit_gamma_threshold,
     read_submission_dir,
     read_submission_scores,
     submission_file_names,
     write_submission,
 )
+from bohb_search.scoring.decision import fit_gamma_threshold
 from bohb_search.evaluate.tables import PAPER_MACHINES, table2, table3, to_markdown, write_tables
 from data.atomic import atomic_write_text
 
@@ -103,13 +103,14 @@ def test_markdown_formatter():
         "|:---|:---|---:|---:|",
         "| A\\|B | AUC (source) | 0.812 | 1.000 |",
         "|  | pAUC | 0.702 | 0.500 |",
-        "| C | TOTAL | - | 0.250 |",
+        "| C | TOTAL | n/a | 0.250 |",
     ]
 
 
 def test_write_tables_writes_csv_and_markdown(reports, tmp_path):
     paths = write_tables(reports, tmp_path / "results")
-    assert sorted(paths) == ["per_section.csv", "table2.csv", "table2.md", "table3.csv", "table3.md"]
+    assert sorted(paths) == ["diagnostics.csv", "diagnostics.md", "per_section.csv", "table2.csv", "table2.md",
+                             "table3.csv", "table3.md"]
     for name, path in paths.items():
         assert path == tmp_path / "results" / name and path.is_file()
     assert sorted(os.listdir(tmp_path / "results")) == sorted(paths)  # no temp files left behind

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -48,6 +49,7 @@ def env(tmp_path_factory):
 def search_args(env, name: str, machine: str = "fan", samples: int = 9, max_epochs: int = 9, *extra: str) -> list[str]:
     return ["search", "--data", str(env["data"]), "--machine", machine, "--name", name, "--pretrained", str(env["pre"]),
             "--num-samples", str(samples), "--max-epochs", str(max_epochs), "--batch-size", "16",
+            "--min-steps-per-epoch", "0",
             "--cache-dir", str(env["cache"]), "--storage-path", str(env["root"] / "searches"),
             "--tracking-uri", env["db"], "--quiet", *extra]
 
@@ -76,6 +78,12 @@ def test_bohb_search_pauses_and_resumes_trials(env, fan_search):
     # Hyperband η=3, max_t=9: budgets 1, 3, 9; the survivors of a rung were paused and resumed
     assert set(per_trial["epochs"]) <= {1, 3, 9} and {1, 3, 9} <= set(per_trial["epochs"])
     assert (per_trial["rows"] == per_trial["epochs"]).all()  # every epoch reported exactly once
+    # the plan `search` prints before it starts is what Ray's scheduler then trained
+    from bohb_search.tune.searchers import planned_iterations
+    from bohb_search.tune.settings import SearchSettings
+
+    settings = SearchSettings.from_dict(json.loads((fan_search / "search_settings.json").read_text()))
+    assert per_trial["epochs"].sum() == planned_iterations(settings) == 21
     resumed = trials[(trials["restored_from_epoch"] > 0)]
     assert not resumed.empty
     # a resumed trial continued from its checkpoint epoch (never from epoch 0)
@@ -84,15 +92,15 @@ def test_bohb_search_pauses_and_resumes_trials(env, fan_search):
     assert set(per_trial["status"]) <= {"FINISHED", "KILLED"} and "KILLED" in set(per_trial["status"])
 
     best = json.loads((fan_search / "best_config.json").read_text())
-    assert best["metric"]["name"] == "best_val_auc" and 0 <= best["metric"]["value"] <= 1
+    assert best["metric"]["name"] == "best_val_score" and 0 <= best["metric"]["value"] <= 1
     assert best["trial_id"] in set(per_trial.index) and best["budget_epochs"] in (1, 3, 9)
     assert len(best["space_sha256"]) == 64 and best["machines"] == ["fan"] and best["seed"] == 0
-    assert {"lr", "lambda_adv", "delta", "unfreeze_k"} <= set(best["hyperparameters"])
+    assert {"lr", "unfreeze_k", "objective", "score"} <= set(best["hyperparameters"])
 
     client, runs = mlflow_trial_runs(env["db"], "fan-bohb")
     assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(per_trial.index)  # one run per trial
     for r in runs:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_score")]
         assert steps == list(range(1, per_trial.loc[r.data.tags["ray_trial_id"], "epochs"] + 1))
         assert r.data.tags["trial_status"] in ("FINISHED", "KILLED") and "lr" in r.data.params
 
@@ -148,6 +156,37 @@ def test_failing_trial_is_recorded_and_search_completes(env, tmp_path):
     assert all("injected fault" in r.data.tags["error"] for r in bad)
 
 
+@pytest.mark.parametrize("change, words", [
+    (("--machine", "lathe"), ["--machine", "lathe"]),
+    (("--data", "/nonexistent/dcase"), ["/nonexistent/dcase"]),
+    (("--pretrained", "/nonexistent/encoder.pt"), ["--pretrained", "/nonexistent/encoder.pt"]),
+    (("--space", "BAD_SPACE"), ["bad.yaml", "head_dropout"]),
+    (("--gpus-per-trial", "1"), ["--gpus-per-trial", "0 GPU(s)"]),  # Ray would wait for it forever
+])
+def test_a_search_that_cannot_start_says_why_and_leaves_nothing_behind(env, tmp_path, change, words):
+    bad_space = tmp_path / "bad.yaml"
+    bad_space.write_text("hyperparameters:\n  head_dropout: {type: float, lower: 0.0, upper: 1.5}\n")
+    flag, value = change
+    args = search_args(env, "never", "fan", 3, 3)
+    if flag in args:
+        args[args.index(flag) + 1] = str(bad_space) if value == "BAD_SPACE" else value
+    else:
+        args += [flag, str(bad_space) if value == "BAD_SPACE" else value]
+    res = run_cli(*args, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (env["root"] / "searches" / "never").exists()
+    # and a rerun with good inputs is not blocked by a stub of the failed one
+    if flag == "--machine":
+        ok = run_cli(*search_args(env, "never", "fan", 1, 1))
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        again = run_cli(*search_args(env, "never", "fan", 1, 1, "--resume", "--max-epochs", "3"))
+        assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+        assert "max_epochs 3 (saved: 1)" in again.stderr and "another --name" in again.stderr
+
+
 def test_kill_driver_then_resume(env):
     name = "killed"
     args = [sys.executable, "-m", "bohb_search", *search_args(env, name, "valve", 9, 9)]
@@ -174,7 +213,7 @@ def test_kill_driver_then_resume(env):
     client, runs = mlflow_trial_runs(env["db"], name)
     assert len(runs) == 9 and sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(trials["trial_id"].unique())
     for r in runs:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_auc")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_score")]
         assert len(steps) == len(set(steps)) and r.info.status in ("FINISHED", "KILLED")
 
 
@@ -225,19 +264,67 @@ def test_search_logs_to_a_real_mlflow_server(env, tmp_path):
         assert len(trials) == 3 and len(parents) == 1
         assert all(tags(r)["mlflow.parentRunId"] == parents[0]["info"]["run_id"] for r in trials)
         for run in trials:
-            params = {p["key"] for p in run["data"]["params"]}
-            assert {"lr", "delta", "lambda_adv", "unfreeze_k"} <= params
-            hist = get("metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_auc")["metrics"]
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert {"lr", "objective", "unfreeze_k", "score"} <= set(params)
+            # conditional parameters: only those of the trial's objective
+            assert ({"delta", "lambda_adv"} <= set(params)) == (params["objective"] == "poe")
+            hist = get("metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_score")["metrics"]
             assert [m["step"] for m in sorted(hist, key=lambda m: m["step"])] == list(range(1, len(hist) + 1))
             assert len(hist) >= 1
         metrics = {m["key"] for m in parents[0]["data"].get("metrics", [])}
-        assert "best_best_val_auc" in metrics and parents[0]["info"]["status"] == "FINISHED"
+        assert "best_val_score" in metrics and parents[0]["info"]["status"] == "FINISHED"
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/artifacts/list?"
+                                    f"{urllib.parse.urlencode({'run_id': parents[0]['info']['run_id']})}") as r:
+            arts = {f["path"] for f in json.loads(r.read()).get("files", [])}
+        assert {"search_progress.png", "best_config.json", "trials.csv"} <= arts
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 
-def test_ray_job_submit_to_a_started_cluster(env, tmp_path):
+def readme_runtime_env() -> dict:
+    """The runtime environment of the README's `ray job submit` command."""
+    import re
+
+    found = re.findall(r"--runtime-env-json '(\{.*?\})'", (REPO / "README.md").read_text())
+    assert found, "README has no `ray job submit --runtime-env-json '...'` command"
+    assert len(set(found)) == 1, found
+    return json.loads(found[0])
+
+
+def test_readme_runtime_env_ships_every_package():
+    """Ray's own matching: an excludes entry `data` also drops the data/ PACKAGE from the job."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    excluded = _get_excludes(REPO, readme_runtime_env()["excludes"])
+    tracked = subprocess.run(["git", "ls-files", "bohb_search", "data", "models", "search_spaces", "pyproject.toml"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 20
+    for f in tracked:
+        for p in [REPO / f, *(REPO / f).parents]:
+            if p == REPO:
+                break
+            assert not excluded(p), f"README's runtime env excludes {p.relative_to(REPO)} (needed: {f})"
+    for f in (".venv/bin/python", "results/mlflow.db", ".git/HEAD", "datasets/dcase2025/dev_data/x.wav"):
+        assert excluded(REPO / f), f
+
+
+def _wait(check, what: str, timeout: float = 120, log: Path | None = None, procs=()):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(p.poll() is not None for p in procs):  # a node died: say why now, not after the timeout
+            raise RuntimeError(f"a node exited while waiting for {what}" + (f"; log:\n{log.read_text()[-3000:]}" if log else ""))
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout} s" + (f"; log:\n{log.read_text()[-3000:]}" if log else ""))
+
+
+def test_two_node_cluster_from_the_entrypoint_runs_a_submitted_search(env, tmp_path):
+    """docker/entrypoint.sh without docker: a head (+ MLflow server) and a second node with its own
+    resources, token auth, loopback only; a search submitted with the README's runtime env runs trials on
+    both nodes, every trial is a run on the MLflow server, and the job's output reaches the host."""
     import tempfile
 
     import ray as ray_lib
@@ -246,38 +333,123 @@ def test_ray_job_submit_to_a_started_cluster(env, tmp_path):
     # inside this pytest process must be shut down first, or its core worker exits pytest with it
     if ray_lib.is_initialized():
         ray_lib.shutdown()
-
-    ray = str(Path(sys.executable).parent / "ray")
-    gcs, dash = _free_port(), _free_port()
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # AF_UNIX socket paths must stay < 108 bytes
-    cenv = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep the cluster on 127.0.0.1
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "RAY_TMPDIR": str(ray_tmp)}
-    # token authentication (Ray 2.60): make sure a token exists for this user (no-op when it does)
-    subprocess.run([ray, "get-auth-token", "--generate"], env=cenv, capture_output=True, timeout=60)
-    started = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-                              "--temp-dir", str(ray_tmp), "--disable-usage-stats"],
-                             env=cenv, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr[-2000:]
+    bin_dir = Path(sys.executable).parent
+    ray = str(bin_dir / "ray")
+    gcs, dash, mlflow_port = _free_port(), _free_port(), _free_port()
+    short = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # AF_UNIX socket paths must stay < 108 bytes
+    base = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+            "LISTEN_HOST": "127.0.0.1",
+            "RAY_PORT": str(gcs), "DASHBOARD_PORT": str(dash), "MLFLOW_PORT": str(mlflow_port), "NUM_GPUS": "0",
+            "LANG": "C.UTF-8"}
+    homes = {k: tmp_path / k for k in ("head", "worker", "host")}
+    for h in homes.values():
+        h.mkdir()
+    procs = []
     try:
+        # the head, on a fresh home: no token anywhere, so the entrypoint must make one
+        head_log = tmp_path / "head.log"
+        procs.append(subprocess.Popen(
+            [str(REPO / "docker" / "entrypoint.sh"), "head"], start_new_session=True,
+            stdout=head_log.open("w"), stderr=subprocess.STDOUT,
+            env={**base, "HOME": str(homes["head"]), "NUM_CPUS": "1", "RAY_TEMP_DIR": str(short / "h"),
+                 "MLFLOW_STORE": str(tmp_path / "store")}))
+        token_file = homes["head"] / ".ray" / "auth_token"
+        _wait(lambda: token_file.exists() and token_file.read_text().strip(), "head token", 60, head_log, procs)
+        token = token_file.read_text().strip()
+        mlflow_base = f"http://127.0.0.1:{mlflow_port}"
+        _wait(lambda: _http_ok(f"{mlflow_base}/health"), "MLflow server", 120, head_log, procs)
+        # the second node: another home (no token file), the head's token through the environment
+        worker_log = tmp_path / "worker.log"
+        procs.append(subprocess.Popen(
+            [str(REPO / "docker" / "entrypoint.sh"), "worker"], start_new_session=True,
+            stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
+            env={**base, "HOME": str(homes["worker"]), "NUM_CPUS": "1", "RAY_TEMP_DIR": str(short / "w"),
+                 "RAY_HEAD_ADDRESS": f"127.0.0.1:{gcs}", "RAY_AUTH_TOKEN": token,
+                 "RAY_RESOURCES": '{"second_node": 1}'}))
+        # the host: its own home, RAY_AUTH_TOKEN and RAY_AUTH_MODE as the README says
+        host = {**os.environ, **base, "HOME": str(homes["host"]), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
         address = f"http://127.0.0.1:{dash}"
-        args = search_args(env, "jobbed", "fan", 3, 3)
-        excludes = json.dumps({"excludes": [".venv", "results", ".git", "tests/fixtures", "*.egg-info"]})
+
+        def alive_nodes():
+            res = subprocess.run([ray, "list", "nodes", "--address", address, "--format", "json"], env=host,
+                                 capture_output=True, text=True, timeout=60)
+            if res.returncode != 0:
+                return None
+            nodes = [n for n in json.loads(res.stdout) if n.get("state") == "ALIVE"]
+            return nodes if len(nodes) == 2 else None
+
+        nodes = _wait(alive_nodes, "two Ray nodes", 180, worker_log, procs)
+        # one machine: Ray 2.60 advertises the machine's own address even when told 127.0.0.1
+        # (services.resolve_ip_for_localhost); the dashboard and MLflow listen on the loopback only
+        assert len({n["node_ip"] for n in nodes}) == 1 and len({n["node_id"] for n in nodes}) == 2
+
+        # MLflow answers the compose service name (the entrypoint's --allowed-hosts) and refuses others
+        def status_for(host_header: str) -> int:
+            req = urllib.request.Request(f"{mlflow_base}/api/2.0/mlflow/experiments/search?max_results=1",
+                                         headers={"Host": host_header})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert status_for(f"head:{mlflow_port}") == 200
+        assert status_for(f"evil.example:{mlflow_port}") == 403
+
+        args = search_args(env, "clustered", "fan", 4, 3, "--cpus-per-trial", "1", "--address", "auto")
+        args[args.index("--tracking-uri") + 1] = mlflow_base
+        # epochs longer than a trial actor takes to start on the second node (import torch, unpack the
+        # job's working dir): with epochs of a second or two, Tune hands every new trial the head's
+        # cached actor (reuse_actors) before the second node's actor is up, and one node does all the work
+        args[args.index("--min-steps-per-epoch") + 1] = "400"
+        args.remove("--quiet")
         sub = subprocess.run([ray, "job", "submit", "--address", address, "--working-dir", str(REPO),
-                              "--runtime-env-json", excludes, "--", "python", "-m", "bohb_search", *args],
-                             env=cenv, capture_output=True, text=True, timeout=600)
-        assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
-        jobs = subprocess.run([ray, "job", "list", "--address", address], env=cenv, capture_output=True, text=True)
+                              "--runtime-env-json", json.dumps(readme_runtime_env()), "--",
+                              "python", "-m", "bohb_search", *args],
+                             env=host, capture_output=True, text=True, timeout=900)
+        (tmp_path / "job.log").write_text(sub.stdout + sub.stderr)
+        assert sub.returncode == 0, (sub.stdout + sub.stderr)[-4000:]
+        # the job's own output reached the host (the plan printed before the search, the result after)
+        assert "planned epoch budget" in sub.stdout and "search clustered: best_val_score" in sub.stdout
+        jobs = subprocess.run([ray, "job", "list", "--address", address], env=host, capture_output=True, text=True)
         assert "SUCCEEDED" in jobs.stdout
-        out = env["root"] / "searches" / "jobbed"
-        assert (out / "best_config.json").exists() and len(pd.read_csv(out / "trials.csv")["trial_id"].unique()) == 3
+
+        out = env["root"] / "searches" / "clustered"
+        trials = pd.read_csv(out / "trials.csv")
+        assert trials["trial_id"].nunique() == 4
+        assert set(trials["node_id"].dropna()) == {n["node_id"] for n in nodes}, sub.stdout[-6000:]  # both nodes
+
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_base)
+        exp = client.get_experiment_by_name("bohb-search/clustered")
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        runs = client.search_runs([exp.experiment_id], "tags.`bohb_search.role` = 'trial'")
+        assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(trials["trial_id"].unique())
+        assert {r.data.tags["ray_node_id"] for r in runs} == {n["node_id"] for n in nodes}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=cenv, capture_output=True, timeout=120)
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        subprocess.run([ray, "stop", "--force"], env={**os.environ, **base}, capture_output=True, timeout=120)
         import shutil
 
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
 
 
 def test_final_train_on_two_searches(env, fan_search, tmp_path):
@@ -286,9 +458,12 @@ def test_final_train_on_two_searches(env, fan_search, tmp_path):
     out = tmp_path / "final"
     res = run_cli("final-train", "--best", str(fan_search / "best_config.json"),
                   str(env["root"] / "searches" / "valve-small" / "best_config.json"), "--out", str(out),
-                  "--max-epochs", "4", "--cache-dir", str(env["cache"]), "--tracking-uri", env["db"], "--quiet")
+                  "--max-epochs", "4", "--with-baseline", "--baseline-epochs", "2", "--cache-dir", str(env["cache"]),
+                  "--tracking-uri", env["db"], "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Proposed (machine-specific)" in res.stdout
+    # the plan and ETA came first (4 fine-tunings of at most 4 epochs, 2 AEs of 2 epochs)
+    assert res.stdout.index("estimated time") < res.stdout.index("Proposed (machine-specific)")
     for name in ("table2.csv", "table2.md", "table3.csv", "table3.md"):
         assert (out / "tables" / name).stat().st_size > 0
     for search, machine in (("fan-bohb", "fan"), ("valve-small", "valve")):
@@ -315,6 +490,13 @@ def test_final_train_on_two_searches(env, fan_search, tmp_path):
     client = MlflowClient(env["db"])
     final_runs = client.search_runs([client.get_experiment_by_name("bohb-search/final").experiment_id])
     assert {r.data.tags["bohb_search.search"] for r in final_runs} >= {"fan-bohb", "valve-small"}
+    # every final model has its run, the AE baselines included, with metrics and tables
+    assert {r.data.tags["bohb_search.search"] for r in final_runs} == {
+        f"{s}{kind}" for s in ("fan-bohb", "valve-small") for kind in ("", "-ae", "-ae-mahala")}
+    for run in final_runs:
+        assert "official_score" in run.data.metrics, run.data.tags
+        tables = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}
+        assert "tables/scores.csv" in tables, (run.data.tags, tables)
     arts = {a.path for a in client.list_artifacts(final_runs[0].info.run_id, "plots")}
     assert any(p.endswith(".png") for p in arts)
     summary = json.loads((out / "tables" / "summary.json").read_text())

@@ -51,6 +51,15 @@ CASES = {
     "bad choices": ("score: {type: categorical, choices: []}", "hyperparameter 'score': 'choices' must be"),
     "bad condition": ("knn_k: {type: int, lower: 1, upper: 3, condition: {scorer: knn}}", "condition on unknown hyperparameter 'scorer'"),
     "typo key": ("lr: {type: float, lower: 0.1, upper: 1, lgo: true}", "hyperparameter 'lr': unknown key(s) lgo"),
+    # every choice and both ends of every range go through the config's own validation at load time
+    "choice the config rejects": ("score: {type: categorical, choices: [cosine, euclidean]}",
+                                  "hyperparameter 'score': value 'euclidean' is not accepted"),
+    "range partly invalid": ("head_dropout: {type: float, lower: 0.0, upper: 1.5}",
+                             "hyperparameter 'head_dropout': value 1.5 is not accepted"),
+    "above the encoder depth": ("unfreeze_k: {type: int, lower: 1, upper: 9}",
+                                "hyperparameter 'unfreeze_k': 9 exceeds the encoder depth 4"),
+    "float for an integer": ("batch_size: {type: float, lower: 8, upper: 64}",
+                             "hyperparameter 'batch_size': an integer setting cannot be searched as type float"),
 }
 
 
@@ -78,6 +87,9 @@ def test_file_level_errors(tmp_path):
         load_search_space(f)
     with pytest.raises(SearchSpaceError, match="not found"):
         load_search_space(tmp_path / "missing.yaml")
+    f.write_text("hyperparameters:\n  lr: {type: float, lower: 0.001, upper: 0.01}\nfixed:\n  delta: high\n")
+    with pytest.raises(SearchSpaceError, match="'fixed': finetune delta: expected a finite number, got 'high'"):
+        load_search_space(f)
     f.write_text("hyperparameters:\n  unfreeze_k: {type: int, lower: 1, upper: depth}\n")
     with pytest.raises(SearchSpaceError, match="needs the encoder depth"):
         load_search_space(f)

@@ -38,13 +38,15 @@ def finetune_data(labelled: bool = True, seed: int = 0) -> FinetuneData:
         val_y = np.array([0] * 8 + [1] * 8)
         val_d = np.array([0, 1] * 8)
         return FinetuneData(["fan"], FEATURES, train, idx, domain[idx], _clips(rng, 6, shift=8.0),
-                            val_x, val_y, val_d, "dev test split (labelled)")
+                            val_x, val_y, val_d, "validation part", val_machine=np.array(["fan"] * 16),
+                            val_section=np.array(["00"] * 16))
     return FinetuneData(["fan"], FEATURES, train, idx, domain[idx], None, None, None, None,
-                        "held-out normals vs pseudo outliers", heldout_normals=_clips(rng, 6))
+                        "held-out normals", heldout_normals=_clips(rng, 16), heldout_domain=np.array([0] * 12 + [1] * 4),
+                        heldout_machine=np.array(["fan"] * 16))
 
 
 CFG = FinetuneConfig(batch_size=8, max_epochs=50, unfreeze_k=1, emb_dim=8, head_hidden=16, domain_hidden=8,
-                     lambda_adv=0.5, poe_ratio=1.0, seed=3)
+                     lambda_adv=0.5, poe_ratio=1.0, seed=3, min_steps_per_epoch=0)
 
 
 def _params(module) -> dict[str, torch.Tensor]:
@@ -165,10 +167,11 @@ def test_heldout_validation_when_no_labels_and_knn_score():
     cfg = FinetuneConfig(**{**CFG.to_dict(), "score": "knn"})
     t = FinetuneTrainer(cfg, tiny_encoder(), finetune_data(labelled=False), device="cpu")
     m = t.step()
-    assert t.data.val_source == "held-out normals vs pseudo outliers"
-    assert len(t.val_y) == 12 and set(t.val_y.tolist()) == {0, 1} and "val_auc_source" not in m
-    bank = t.knn_bank()
-    assert set(bank) == {"source", "target"} and len(bank["source"]) == 20 and len(bank["target"]) == 4
+    assert t.data.selection == "held-out normals" and t.early_stopping
+    assert len(t.val_y) == 32 and set(t.val_y.tolist()) == {0, 1} and "val_auc_source" not in m
+    assert m["val_score"] == m["val_auc"]  # normals vs pseudo outliers: the AUC is the validation score
+    z, dom, machines = t.training_embeddings()
+    assert z.shape == (24, 8) and (dom == 0).sum() == 20 and (dom == 1).sum() == 4 and set(machines) == {"fan"}
     s_knn = t.score(t.data.train_base[:3])
     t.cfg.score = "cosine"
     s_cos = t.score(t.data.train_base[:3])
@@ -185,7 +188,7 @@ def test_early_stopping_and_best_state():
     # with lr ~0 the model cannot improve after its first epoch (the centre moves, weights do not)
     assert len(history) < 30
     assert history[-1]["epochs_since_best"] >= 1
-    assert t.best_epoch == int(np.argmax([h["val_auc"] for h in history])) + 1
+    assert t.best_epoch == int(np.argmax([h["val_score"] for h in history])) + 1
 
 
 def test_config_errors_name_the_parameter():

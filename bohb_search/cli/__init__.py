@@ -4,6 +4,7 @@ handlers that load torch/Ray/MLflow only when run, and bad input reported as one
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from .flags import UsageError
@@ -11,10 +12,20 @@ from .flags import UsageError
 __all__ = ["UsageError", "build_parser", "main"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, reading ``--lr -1e-3`` as a (negative) value: argparse's own test of what looks like a
+    negative number misses the exponent form, and a value that is not one is then named by the config's
+    own check ("lr: invalid value -0.001") instead of "expected one argument"."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import data_cmds, experiment_cmds, search_cmds, train_cmds
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bohb-search",
         description="Anomalous machine-sound detection with an Audio-Mamba encoder, pOE + GRL fine-tuning and BOHB search.",
     )
@@ -44,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - sorted into bad input (one line) and bugs (traceback) below
         if isinstance(err, UsageError) or isinstance(err, user_errors()):
+            from data.audio import BadAudioError
+
             message = " ".join(str(err).split())
+            if isinstance(err, BadAudioError) and "--on-bad-file" not in message:
+                message += " (use --on-bad-file skip to leave such files out)"
             print(f"error: {message}", file=sys.stderr)
             return 2
         raise

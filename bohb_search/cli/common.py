@@ -98,3 +98,38 @@ def load_manifest_or_fail(data_dir: Path):
     if df.empty:
         raise UsageError(f"{data_dir}: no DCASE clips found (expected <machine>/train|test/*.wav)")
     return df
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """An output FILE flag: refused before any work when it names a folder or its folder cannot be made."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, so the folder cannot be made")
+
+
+def check_output_folder(path: Path, flag: str = "--out") -> None:
+    """An output FOLDER flag: refused before any work when it names a file."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, so the folder cannot be made")

@@ -6,13 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_feature_flags, add_run_flags, feature_config, load_manifest_or_fail, run_options
+from .common import (
+    add_feature_flags,
+    add_run_flags,
+    check_output_file,
+    check_output_folder,
+    feature_config,
+    load_manifest_or_fail,
+    positive_int,
+    run_options,
+)
 from .flags import UsageError, add_config_flags, build_config, given
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:
     from data.manifest import empty_machine_dirs, summarize
 
+    check_output_file(args.csv, "--csv")
     df = load_manifest_or_fail(args.data)
     for d in empty_machine_dirs(args.data):
         print(f"warning: {d}: machine folder holds no clips", file=sys.stderr)
@@ -31,7 +41,6 @@ def cmd_data_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data_features(args: argparse.Namespace) -> int:
-    from data.audio import BadAudioError
     from data.features import extract_features
 
     cfg = feature_config(args)
@@ -42,11 +51,8 @@ def cmd_data_features(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"--machines: not found under {args.data}: {', '.join(unknown)}")
         df = df[df["machine"].isin(args.machines)]
-    try:
-        res = extract_features(df["path"].tolist(), cfg, cache_dir=opts.cache_dir, batch_size=args.batch_size,
-                               on_bad_file=opts.on_bad_file, progress=not opts.quiet)
-    except BadAudioError as err:
-        raise UsageError(f"{err} (use --on-bad-file skip to leave such files out)") from None
+    res = extract_features(df["path"].tolist(), cfg, cache_dir=opts.cache_dir, batch_size=args.batch_size,
+                           on_bad_file=opts.on_bad_file, progress=not opts.quiet)
     print(res.summary())
     for path, reason in res.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -57,6 +63,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from data.synth import SynthConfig, synthesize
 
     cfg = build_config(SynthConfig, {}, given(args, SynthConfig.__dataclass_fields__), "data synth")
+    check_output_folder(args.out)
     try:
         df = synthesize(args.out, cfg, workers=args.workers, progress=not args.quiet)
     except ValueError as err:
@@ -86,7 +93,7 @@ def register(sub) -> None:
                         description="Compute the log-mel features of every clip once and cache them on disk.")
     p.add_argument("--data", type=Path, required=True, help="DCASE data root")
     p.add_argument("--machines", nargs="+", default=None, help="only these machine types")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per extraction batch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="clips per extraction batch, >= 1 (default 32)")
     add_feature_flags(p)
     add_run_flags(p, only=("cache_dir", "on_bad_file", "quiet"))
     p.set_defaults(func=cmd_data_features)
@@ -97,7 +104,7 @@ def register(sub) -> None:
                         description="Synthesize physically motivated machine sounds in the DCASE 2025 dev layout.")
     p.add_argument("--out", type=Path, required=True, help="output root (machine folders are created under it)")
     add_config_flags(p, SynthConfig, title="what to synthesize")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
 

@@ -18,6 +18,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from data.config import load_yaml
+
 from ..train.configs import field_default, field_docs, strict_from_dict
 
 
@@ -132,7 +134,7 @@ def read_config_file(path: Path | None, sections: typing.Iterable[str]) -> dict[
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UsageError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict):
@@ -156,4 +158,5 @@ def build_config(cls, file_section: dict, typed: dict, what: str):
     try:
         return make({**file_section, **typed})
     except (TypeError, ValueError) as err:
-        raise UsageError(f"{what}: {err}") from None
+        message = " ".join(str(err).split())
+        raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None

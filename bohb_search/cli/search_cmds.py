@@ -16,6 +16,7 @@ from .flags import UsageError, add_config_file_flag, add_config_flags, build_con
 _SEARCH_SPECIAL = ("name", "data", "machines", "pretrained", "space", "finetune", "searcher", "scheduler",
                    "epoch_budget")
 SEARCH_FLAGS = tuple(f.name for f in fields(SearchSettings) if f.name not in _SEARCH_SPECIAL)
+TRIAL_FLAGS = ("batch_size", "seed", "min_steps_per_epoch")  # FinetuneConfig fields every trial of a search shares
 
 
 def ensure_pretrained(args: argparse.Namespace, finetune: FinetuneConfig, device: str, cache_dir) -> Path:
@@ -57,40 +58,55 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         groups = [[m] for m in (DEV_MACHINES if args.all_machines else args.machine)]
     common = given(args, SEARCH_FLAGS)
+    explicit = set(common) | {"data", "machines"} | ({"pretrained"} if args.pretrained else set()) \
+        | ({"space"} if args.space else set()) | ({"finetune"} if given(args, TRIAL_FLAGS) else set())
     if "gpus_per_trial" not in common:
         import torch
 
         common["gpus_per_trial"] = 1.0 if torch.cuda.is_available() else 0.0
     if common.get("cache_dir") is not None:
         common["cache_dir"] = str(common["cache_dir"])
-    finetune = build_config(FinetuneConfig, {}, given(args, ("batch_size", "seed")), "search")
-    pretrained = ensure_pretrained(args, finetune, common.get("device", "auto"), common.get("cache_dir"))
+    finetune = build_config(FinetuneConfig, {}, given(args, TRIAL_FLAGS), "search")
+    if args.resume and args.pretrained is None:
+        pretrained = ""  # the saved search's encoder
+    else:
+        pretrained = ensure_pretrained(args, finetune, common.get("device", "auto"), common.get("cache_dir"))
     for machines in groups:
         label = "generalized" if machines is None else machines[0]
         name = args.name if (args.name and len(groups) == 1) else (f"{args.name}-{label}" if args.name else label)
         settings = build_config(SearchSettings, {}, {
             **common, "name": name, "data": [str(d) for d in args.data], "machines": machines,
             "pretrained": str(pretrained), "space": str(args.space or default_space(machines is None)),
-            "finetune": {"batch_size": finetune.batch_size, "seed": finetune.seed}}, "search")
-        print(f"search {name}: {'all machines (generalized)' if machines is None else machines[0]}, "
-              f"{settings.num_samples} trials, max {settings.max_epochs} epochs, η={settings.eta}")
-        best = run_search(settings, resume=args.resume, address=args.address, verbose=0 if args.quiet else 1)
-        print(f"search {name}: best {best['metric']['name']} = {best['metric']['value']:.4f} "
+            "finetune": {k: getattr(finetune, k) for k in TRIAL_FLAGS}}, "search")
+        if not args.resume:
+            print(f"search {name}: {'all machines (generalized)' if machines is None else machines[0]}, "
+                  f"{settings.num_samples} trials, max {settings.max_epochs} epochs, η={settings.eta}")
+        best = run_search(settings, resume=args.resume, address=args.address, verbose=0 if args.quiet else 1,
+                          explicit=explicit, estimate=not args.no_estimate)
+        print(f"search {name}: {best['metric']['name']} {best['metric']['value']:.4f} "
               f"(trial {best['trial_id']}, {best['budget_epochs']} epochs); "
-              f"wrote {settings.out_dir / 'best_config.json'}")
+              f"wrote {Path(best['out_dir']) / 'best_config.json'}")
+    uri = best.get("tracking_uri", "")
+    if uri.startswith("sqlite:"):
+        from ..tune.tracking import mlflow_ui_command
+
+        print(f"compare the trials (MLflow experiment bohb-search/<name>): {mlflow_ui_command(uri)}")
     return 0
 
 
 def cmd_final_train(args: argparse.Namespace) -> int:
     from ..evaluate.tables import table2, table3, to_markdown
-    from ..final import FinalTrainConfig, find_best_configs, run_final_train
+    from ..final import FinalTrainConfig, find_best_configs, print_final_estimate, run_final_train
     from .common import run_options
 
     file = read_config_file(args.config, ("final", "finetune", "run"))
     cfg = build_config(FinalTrainConfig, {**file["final"], **({"finetune": file["finetune"]} if file["finetune"] else {})},
                        given(args, FinalTrainConfig.__dataclass_fields__), "final-train")
     paths = find_best_configs(args.best, args.searches_dir)
-    reports = run_final_train(paths, args.out, cfg, run_options(args, file["run"]))
+    opts = run_options(args, file["run"])
+    if not args.no_estimate:
+        print_final_estimate(paths, cfg, opts)
+    reports = run_final_train(paths, args.out, cfg, opts)
     if reports:
         print(to_markdown(table2(reports)))
         print()
@@ -126,9 +142,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default $RAY_ADDRESS or a local Ray")
     p.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the ETA printed before the search (it times a few batches of the default configuration)")
     add_config_flags(p, SearchSettings, exclude=_SEARCH_SPECIAL, title="search",
                      defaults={"gpus_per_trial": "1 with CUDA, else 0"})
-    add_config_flags(p, FinetuneConfig, only=("batch_size", "seed"), title="every trial")
+    add_config_flags(p, FinetuneConfig, only=TRIAL_FLAGS, title="every trial")
     g = p.add_argument_group("automatic pre-training (without --pretrained)")
     g.add_argument("--pretrain-dir", type=Path, default=Path("results/pretrain"), help="where it writes (default results/pretrain)")
     g.add_argument("--pretrain-epochs", type=int, default=5, help="epochs (default 5)")
@@ -150,6 +168,8 @@ def register(sub) -> None:
     from .common import add_run_flags
 
     add_run_flags(p, only=("cache_dir", "device", "quiet"))
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the ETA printed first (it times a few batches of every model to train)")
     p.set_defaults(func=cmd_final_train)
 
     from ..quickstart import QuickstartConfig

@@ -6,9 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..train.configs import FinetuneConfig, PretrainConfig
+from ..scoring.config import ScoreConfig
+from ..train.configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
 from .common import (
     add_encoder_flags,
+    check_output_file,
+    check_output_folder,
     add_feature_flags,
     add_run_flags,
     encoder_config,
@@ -20,6 +23,7 @@ from .flags import UsageError, add_config_file_flag, add_config_flags, build_con
 # "job" (what a written config.yaml ran: data, machines, …) is accepted and not read: those are flags
 PRETRAIN_SECTIONS = ("pretrain", "encoder", "features", "run", "job")
 FINETUNE_SECTIONS = ("finetune", "encoder", "features", "run", "job")
+BASELINE_SECTIONS = ("baseline", "features", "run", "job")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -42,26 +46,57 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise UsageError("give either --machine or --generalized, not both")
     if not args.generalized and not args.machine:
         raise UsageError("--machine NAME (machine-specific model) or --generalized (all machines pooled) is required")
-    if args.pretrained is None and args.model_kind != "ae" and not args.from_scratch:
+    if args.pretrained is None and not args.from_scratch:
         raise UsageError("--pretrained CKPT is required (or --from-scratch for the no-pre-training ablation)")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    check_output_folder(args.out)
     path = run_finetune(cfg, args.data, args.out, None if args.generalized else args.machine,
                         pretrained=None if args.from_scratch else args.pretrained,
                         encoder_cfg=encoder_config(args, file["encoder"]),
-                        feature_cfg=feature_config(args, file["features"]), model_kind=args.model_kind,
+                        feature_cfg=feature_config(args, file["features"]),
                         threshold_percentile=args.threshold_percentile, opts=run_options(args, file["run"]))
     print(f"model: {path}")
     return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from ..train.runs import run_ae_baseline
+
+    file = read_config_file(args.config, BASELINE_SECTIONS)
+    cfg = build_config(AEBaselineConfig, file["baseline"], given(args, AEBaselineConfig.__dataclass_fields__),
+                       "baseline")
+    if args.generalized == bool(args.machine):
+        raise UsageError("--machine NAME [NAME ...] or --generalized (one AE on all machines) is required")
+    seconds = given(args, ("seconds",)).get("seconds", (file["features"].get("audio") or {}).get("seconds", 10.0))
+    if not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise UsageError(f"--seconds must be > 0, got {seconds}")
+    path = run_ae_baseline(cfg, args.data, args.out, None if args.generalized else args.machine, seconds=seconds,
+                           threshold_percentile=args.threshold_percentile, opts=run_options(args, file["run"]))
+    print(f"model: {path}")
+    return 0
+
+
+def score_override(args: argparse.Namespace):
+    """The score a saved model is re-scored with: ScoreConfig flags, or --ae-score for the AE; None = as trained."""
+    typed = given(args, ScoreConfig.__dataclass_fields__)
+    ae = getattr(args, "ae_score", None)
+    if typed and ae:
+        raise UsageError("--ae-score re-scores the AE baseline; the other score flags re-score embedding models")
+    if typed:
+        try:
+            ScoreConfig.of({**ScoreConfig().to_dict(), **typed})
+        except ValueError as err:
+            raise UsageError(f"score: {err}") from None
+        return typed
+    return ae
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.run import run_evaluate
     from ..evaluate.tables import table2, table3, to_markdown
 
-    report = run_evaluate(args.model, args.data, args.out, args.system, run_options(args))
+    report = run_evaluate(args.model, args.data, args.out, args.system, run_options(args), score=score_override(args))
     if report is not None:
-        name = args.system or Path(args.model).parent.name
+        name = args.system or " + ".join(Path(m).parent.name for m in args.model)
         print(to_markdown(table2({name: report})))
         print()
         print(to_markdown(table3({name: report})))
@@ -71,19 +106,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..evaluate.run import write_score_csv
-    from ..scoring.model import AnomalyModel
+    from ..evaluate.run import load_model, write_score_csv
 
+    from data.config import AUDIO_SUFFIXES
+
+    check_output_file(args.out, "--out")
     paths: list[Path] = []
     for item in args.inputs:
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
-        elif item.exists():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif item.exists() or item.is_symlink():
             paths.append(item)
         else:
             raise UsageError(f"{item}: no such file or folder")
     if not paths:
-        raise UsageError("no .wav/.flac files to score")
+        raise UsageError(f"no audio files to score under {', '.join(map(str, args.inputs))} "
+                         f"(read: {', '.join(AUDIO_SUFFIXES)})")
     if args.channel != "mean":
         try:
             channel: int | str = int(args.channel)
@@ -91,7 +129,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise UsageError(f"--channel must be an integer index or 'mean', got {args.channel!r}") from None
     else:
         channel = "mean"
-    model = AnomalyModel.load(args.model)
+    model = load_model(args.model, score=score_override(args))
     results, skipped = model.score_files(paths, args.machine, channel, args.on_bad_file)
     for r in results:
         decision = "-" if r.decision is None else ("anomalous" if r.decision else "normal")
@@ -110,7 +148,7 @@ def register(sub) -> None:
                                    "normal TRAINING clips of the data roots (never test audio). An existing --out "
                                    "folder with trainer_last.pt is resumed.")
     p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
-    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/pretrain/NAME")
+    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/pretrain/NAME (an unfinished run there is resumed; other settings than its epochs are refused)")
     add_config_file_flag(p)
     add_config_flags(p, PretrainConfig, title="pre-training (paper 2.4, 3.2)")
     add_encoder_flags(p, "encoder")
@@ -120,16 +158,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("finetune", help="stage 2: pOE + GRL fine-tuning for one machine or the generalized model",
                        description="Fine-tune a pre-trained encoder with the anomaly head, pseudo-outlier exposure and "
-                                   "the gradient-reversal domain classifier; early stopping on validation AUC. An "
+                                   "the gradient-reversal domain classifier; early stopping on the validation score. An "
                                    "existing --out folder with trainer_last.pt is resumed.")
     p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
     p.add_argument("--machine", nargs="+", default=None, help="machine type(s) for a machine-specific model")
     p.add_argument("--generalized", action="store_true", help="one model for all machines, pooled and domain-balanced")
     p.add_argument("--pretrained", type=Path, default=None, help="encoder.pt written by `pretrain`")
     p.add_argument("--from-scratch", action="store_true", help="no pre-training (Table 1 ablation)")
-    p.add_argument("--model-kind", choices=["ssm", "ae"], default="ssm",
-                   help="ssm: the encoder named by the checkpoint/preset; ae: the DCASE autoencoder baseline")
-    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/finetune/NAME")
+    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/finetune/NAME (an unfinished run there is resumed; other settings than its epochs are refused)")
     p.add_argument("--threshold-percentile", type=float, default=0.9,
                    help="decision threshold: gamma-fit percentile of training scores (default 0.9, as the DCASE baseline)")
     add_config_file_flag(p)
@@ -139,24 +175,55 @@ def register(sub) -> None:
     add_run_flags(p)
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("baseline", help="train the DCASE 2023-2025 autoencoder baseline (the official recipe)",
+                       description="Train the DCASE Task 2 AE baseline as the official code does (its own log-mel, "
+                                   "every vector of every training clip each epoch, Adam 1e-3, 100 epochs, the last "
+                                   "epoch kept) on the given machines; the yardstick of every table. An existing "
+                                   "--out folder with trainer_last.pt is resumed.")
+    p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
+    p.add_argument("--machine", nargs="+", default=None, help="machine type(s) trained together (DCASE: one per machine)")
+    p.add_argument("--generalized", action="store_true", help="one AE for all machines")
+    p.add_argument("--out", type=Path, required=True, help="output folder (an unfinished run there is resumed; other settings than its epochs are refused)")
+    p.add_argument("--seconds", type=float, default=argparse.SUPPRESS,
+                   help="clip length after pad/crop (default 10; DCASE ToyCar/ToyTrain clips are 12 s)")
+    p.add_argument("--threshold-percentile", type=float, default=0.9,
+                   help="decision threshold: gamma-fit percentile of training scores (default 0.9)")
+    add_config_file_flag(p)
+    add_config_flags(p, AEBaselineConfig, title="the baseline's recipe")
+    add_run_flags(p)
+    p.set_defaults(func=cmd_baseline)
+
     p = sub.add_parser("evaluate", help="score the test split: official metrics, tables, submission files",
                        description="Score every test clip of the model's machines; write DCASE submission files and, "
                                    "where labels exist, the official metrics and Table 2/3-style tables.")
-    p.add_argument("--model", type=Path, required=True, help="model.pt written by `finetune` or `final-train`")
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="model.pt written by `finetune`, `baseline` or `final-train`; repeat for an ensemble (mean of "
+                        "scores standardised on each model's own training clips)")
     p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--system", default=None, help="system name in the tables (default: the model's folder name)")
+    add_score_flags(p)
     add_run_flags(p, only=("cache_dir", "on_bad_file", "quiet"))
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score new recordings of any length (prints score and decision per file)",
                        description="Score WAV/FLAC files of any length: windows of the training clip length are "
                                    "scored and averaged; the decision uses the machine's gamma threshold.")
-    p.add_argument("--model", type=Path, required=True, help="model.pt")
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="model.pt; repeat for an ensemble (mean of scores standardised on each model's training clips)")
     p.add_argument("inputs", type=Path, nargs="+", help="files or folders")
     p.add_argument("--machine", default=None, help="machine type whose threshold decides (default: the model's only one)")
     p.add_argument("--channel", default="0", help="channel index or 'mean'")
     p.add_argument("--out", type=Path, default=None, help="also write the scores as CSV")
     p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail",
                    help="unreadable/empty/NaN/too-short files: stop (default) or leave out and list")
+    add_score_flags(p)
     p.set_defaults(func=cmd_score)
+
+
+def add_score_flags(p) -> None:
+    """Re-scoring a saved model without retraining (defaults: the score it was trained with)."""
+    add_config_flags(p, ScoreConfig, title="score (default: the one the model was trained with)",
+                     defaults={f: "as trained" for f in ScoreConfig.__dataclass_fields__})
+    p.add_argument("--ae-score", choices=["mse", "mahalanobis"], default=None,
+                   help="the AE baseline's score (default: as trained)")

@@ -27,9 +27,9 @@ Definitions (identical to the official DCASE 2023-2025 Task 2 evaluator):
 Machine-level values (paper Table 3) for a machine with several sections are the arithmetic mean
 of its section values, as the evaluator's per-machine-type columns are (:meth:`EvaluationReport.per_machine`).
 
-A higher score means "more anomalous".  Deliberate difference from the evaluator: it floors values
-at machine epsilon before taking harmonic means, so a section whose AUC is exactly 0 silently drags
-the score to ~0; here :func:`hmean` raises a ``ValueError`` naming the metric instead.
+A higher score means "more anomalous".  As the evaluator, :func:`evaluate_scores` floors values at
+machine epsilon before taking harmonic means, so a section whose AUC is exactly 0 (possible on a
+few clips) drags the score to ~0 instead of failing; :func:`hmean` itself rejects values <= 0.
 
 Only numpy, pandas, scipy and scikit-learn are imported, so this module is cheap to import from
 the search workers, the CLI and the benchmarks.
@@ -53,6 +53,7 @@ __all__ = [
     "METRICS",
     "METRIC_LABELS",
     "SUMMARY_INDEX",
+    "DIAGNOSTICS",
     "PER_SECTION_COLUMNS",
     "REQUIRED_COLUMNS",
     "EvaluationReport",
@@ -74,15 +75,25 @@ METRIC_LABELS: dict[str, str] = {
     "pauc": "pAUC",
 }
 SUMMARY_INDEX: tuple[str, ...] = ("AUC (source)", "AUC (target)", "pAUC", "TOTAL")
+#: diagnostics of :func:`section_metrics`: do anomalies or domains drive the score?
+DIAGNOSTICS: tuple[str, ...] = ("auc_source_within", "auc_target_within", "domain_auc_normals")
+DIAGNOSTIC_LABELS: dict[str, str] = {
+    "auc_source_within": "AUC within source (source normals vs source anomalies)",
+    "auc_target_within": "AUC within target (target normals vs target anomalies)",
+    "domain_auc_normals": "domain AUC of normals (target vs source normals; 0.5 = no domain offset)",
+}
 PER_SECTION_COLUMNS: tuple[str, ...] = (
     "machine",
     "section",
     "auc_source",
     "auc_target",
     "pauc",
+    *DIAGNOSTICS,
     "n_normal_source",
     "n_normal_target",
     "n_anomaly",
+    "n_anomaly_source",
+    "n_anomaly_target",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("machine", "section", "domain", "label", "score")
 
@@ -244,6 +255,14 @@ def validation_auc(scores: Any, labels: Any) -> float:
     return float(roc_auc_score(y, s))
 
 
+def _auc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """ROC-AUC of ``positives`` scoring above ``negatives``; NaN when either side is empty."""
+    if len(negatives) == 0 or len(positives) == 0:
+        return math.nan
+    y = np.r_[np.zeros(len(negatives), dtype=np.int64), np.ones(len(positives), dtype=np.int64)]
+    return float(roc_auc_score(y, np.r_[negatives, positives]))
+
+
 def section_metrics(
     scores: Any,
     labels: Any,
@@ -252,11 +271,14 @@ def section_metrics(
     *,
     context: str | None = None,
 ) -> dict[str, float]:
-    """Official DCASE metrics of one machine type and section.
+    """Official DCASE metrics of one machine type and section, and three diagnostics.
 
-    Returns ``{"auc_source", "auc_target", "pauc"}`` (floats) plus the clip counts
-    ``n_normal_source``, ``n_normal_target`` and ``n_anomaly`` (ints).  ``context`` (for example
-    ``"machine 'fan', section '00'"``) prefixes every error message.
+    Returns ``auc_source``, ``auc_target`` (a domain's normals against *all* anomalies of the section;
+    NaN when the section has no normal clip of that domain, e.g. DCASE 2020 data or a one-domain
+    machine), ``pauc`` (all clips, ``max_fpr``), the diagnostics of :data:`DIAGNOSTICS` (within-domain
+    AUCs; the AUC of target against source normals, which is 0.5 when the score does not encode the
+    domain) and the clip counts. ``context`` (for example ``"machine 'fan', section '00'"``) prefixes
+    every error message. A section without anomalous clips, or without normal clips, has no metric.
     """
     max_fpr = _check_max_fpr(max_fpr)
     s = _as_scores(scores, context=context)
@@ -274,20 +296,23 @@ def section_metrics(
         "n_normal_source": int(normal_source.sum()),
         "n_normal_target": int(normal_target.sum()),
         "n_anomaly": int(anomaly.sum()),
+        "n_anomaly_source": int((anomaly & (d == "source")).sum()),
+        "n_anomaly_target": int((anomaly & (d == "target")).sum()),
     }
     if counts["n_anomaly"] == 0:
         raise ValueError(f"{_prefix(context)}no anomalous clips, so no AUC or pAUC can be computed")
-    for domain in _DOMAIN_WORDS:
-        if counts[f"n_normal_{domain}"] == 0:
-            raise ValueError(f"{_prefix(context)}no {domain}-domain normal clips, so AUC ({domain}) cannot be computed")
+    if counts["n_normal_source"] + counts["n_normal_target"] == 0:
+        raise ValueError(f"{_prefix(context)}no normal clips, so no AUC or pAUC can be computed")
 
     out: dict[str, Any] = {}
     for domain, normals in (("source", normal_source), ("target", normal_target)):
         # the domain's normals against every anomaly of the section, whatever its domain
-        keep = normals | anomaly
-        out[f"auc_{domain}"] = float(roc_auc_score(y[keep], s[keep]))
+        out[f"auc_{domain}"] = _auc(s[normals], s[anomaly])
     # all clips of the section; scikit-learn returns the McClish-standardized partial AUC
     out["pauc"] = float(roc_auc_score(y, s, max_fpr=max_fpr))
+    for domain, normals in (("source", normal_source), ("target", normal_target)):
+        out[f"auc_{domain}_within"] = _auc(s[normals], s[anomaly & (d == domain)])
+    out["domain_auc_normals"] = _auc(s[normal_source], s[normal_target])
     out.update(counts)
     return out
 
@@ -319,22 +344,34 @@ class EvaluationReport:
         grouped.index.name = "machine"
         return grouped
 
+    def diagnostics(self) -> pd.DataFrame:
+        """Per machine (mean over its sections) and over all machines (row ``all``): the within-domain
+        AUCs and the domain AUC of the normals — whether anomalies or domains drive the score."""
+        cols = [c for c in DIAGNOSTICS if c in self.per_section]
+        table = self.per_section.groupby("machine", sort=False)[cols].mean()
+        table.loc["all"] = self.per_section[cols].mean()
+        table.index.name = "machine"
+        return table
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dictionary (plain Python types only)."""
+        """A JSON-serialisable dictionary (plain Python types only; NaN where a value does not exist)."""
         per_section = [
-            {k: to_python(v) for k, v in row.items()} for row in self.per_section.to_dict(orient="records")
+            {k: _json_number(v) for k, v in row.items()} for row in self.per_section.to_dict(orient="records")
         ]
         summary = {
-            str(metric): {str(col): float(self.summary.loc[metric, col]) for col in self.summary.columns}
+            str(metric): {str(col): _json_number(self.summary.loc[metric, col]) for col in self.summary.columns}
             for metric in self.summary.index
         }
+        diagnostics = {m: {k: _json_number(v) for k, v in row.items()}
+                       for m, row in self.diagnostics().to_dict(orient="index").items()}
         return {
-            "official_score": float(self.official_score),
-            "total_hmean": float(self.total_hmean),
-            "total_amean": float(self.total_amean),
+            "official_score": _json_number(self.official_score),
+            "total_hmean": _json_number(self.total_hmean),
+            "total_amean": _json_number(self.total_amean),
             "max_fpr": float(self.max_fpr),
             "summary": summary,
             "per_section": per_section,
+            "diagnostics": diagnostics,
         }
 
     @classmethod
@@ -344,24 +381,30 @@ class EvaluationReport:
         if missing:
             raise ValueError(f"EvaluationReport.from_dict: missing key(s) {', '.join(missing)}")
         per_section = pd.DataFrame(list(data["per_section"]), columns=list(PER_SECTION_COLUMNS))
-        summary = pd.DataFrame.from_dict(dict(data["summary"]), orient="index")
+        for col in (*METRICS, *DIAGNOSTICS):
+            per_section[col] = pd.to_numeric(per_section[col], errors="coerce").astype(float)
+        summary = pd.DataFrame.from_dict(dict(data["summary"]), orient="index").astype(float)
         summary.index.name = "metric"
         return cls(
             per_section=per_section,
             summary=summary,
-            official_score=float(data["official_score"]),
-            total_hmean=float(data["total_hmean"]),
-            total_amean=float(data["total_amean"]),
+            official_score=math.nan if data["official_score"] is None else float(data["official_score"]),
+            total_hmean=math.nan if data["total_hmean"] is None else float(data["total_hmean"]),
+            total_amean=math.nan if data["total_amean"] is None else float(data["total_amean"]),
             max_fpr=float(data.get("max_fpr", 0.1)),
         )
 
 
-def evaluate_scores(df: pd.DataFrame, max_fpr: float = 0.1) -> EvaluationReport:
+OFFICIAL_FLOOR = float(np.finfo(float).eps)  # the evaluator's floor before harmonic means
+
+
+def evaluate_scores(df: pd.DataFrame, max_fpr: float = 0.1, floor: float | None = OFFICIAL_FLOOR) -> EvaluationReport:
     """Evaluate a table of anomaly scores with the official DCASE definitions.
 
     ``df`` needs the columns ``machine``, ``section``, ``domain`` (source/target), ``label``
     (0/1 or normal/anomaly) and ``score`` (higher = more anomalous); other columns are ignored.
     Sections are normalised with :func:`normalize_section` (``0`` and ``"00"`` are one section).
+    ``floor``: see :func:`_report_from_per_section`.
     Rows of ``per_section`` are sorted by machine, then section.
     """
     max_fpr = _check_max_fpr(max_fpr)
@@ -407,22 +450,40 @@ def evaluate_scores(df: pd.DataFrame, max_fpr: float = 0.1) -> EvaluationReport:
         )
         rows.append({"machine": machine, "section": section, **m})
     per_section = pd.DataFrame(rows, columns=list(PER_SECTION_COLUMNS))
-    return _report_from_per_section(per_section, max_fpr)
+    return _report_from_per_section(per_section, max_fpr, floor)
 
 
-def _report_from_per_section(per_section: pd.DataFrame, max_fpr: float) -> EvaluationReport:
+def _json_number(value: Any) -> Any:
+    """numpy → Python, NaN → None (strict JSON has no NaN)."""
+    value = to_python(value)
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _floored(values: np.ndarray, floor: float | None) -> np.ndarray:
+    return values if floor is None else np.maximum(values, floor)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _report_from_per_section(per_section: pd.DataFrame, max_fpr: float, floor: float | None = None) -> EvaluationReport:
+    """Means over the values that exist: a machine without target-domain normals (DCASE 2020, one-domain
+    data) has no AUC (target), and the official score is the harmonic mean of the values there are.
+    ``floor`` raises values below it before the harmonic means, as the official evaluator does with
+    machine epsilon (a few clips can give an AUC of 0); ``None`` makes such a value an error naming the metric."""
     summary = pd.DataFrame(index=pd.Index(SUMMARY_INDEX, name="metric"), columns=["hmean", "amean"], dtype=float)
     for key in METRICS:
         label = METRIC_LABELS[key]
-        values = per_section[key].to_numpy(dtype=float)
-        summary.loc[label, "hmean"] = hmean(values, name=label)
-        summary.loc[label, "amean"] = float(np.mean(values))
+        values = _floored(_finite(per_section[key].to_numpy(dtype=float)), floor)
+        summary.loc[label, "hmean"] = hmean(values, name=label) if len(values) else math.nan
+        summary.loc[label, "amean"] = float(np.mean(values)) if len(values) else math.nan
     metric_rows = [METRIC_LABELS[k] for k in METRICS]
-    total_hmean = float(summary.loc[metric_rows, "hmean"].mean())
-    total_amean = float(summary.loc[metric_rows, "amean"].mean())
+    total_hmean = float(np.nanmean(summary.loc[metric_rows, "hmean"].to_numpy(dtype=float)))
+    total_amean = float(np.nanmean(summary.loc[metric_rows, "amean"].to_numpy(dtype=float)))
     summary.loc["TOTAL", "hmean"] = total_hmean
     summary.loc["TOTAL", "amean"] = total_amean
-    pooled = np.concatenate([per_section[k].to_numpy(dtype=float) for k in METRICS])
+    pooled = _floored(_finite(np.concatenate([per_section[k].to_numpy(dtype=float) for k in METRICS])), floor)
     official = hmean(pooled, name="official score (all AUC (source), AUC (target) and pAUC values)")
     return EvaluationReport(
         per_section=per_section,

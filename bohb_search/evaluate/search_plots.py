@@ -1,9 +1,9 @@
 """Search and experiment figures: search progress, searchers compared, ablation bars (PNG, atomic).
 
-* :func:`budget_curve`         - best validation AUC so far vs cumulative epochs spent, from a
+* :func:`budget_curve`         - best validation score so far vs cumulative epochs spent, from a
   search's ``trials.csv`` (the one definition: the search's progress plot and the searcher
   comparison both use it);
-* :func:`plot_search_progress` - best validation AUC vs cumulative epochs, and every trial's learning
+* :func:`plot_search_progress` - best validation score vs cumulative epochs, and every trial's learning
   curve coloured by the final budget it reached (its Hyperband bracket/rung);
 * :func:`plot_budget_curves`   - searchers compared: mean best-so-far over seeds with a min-max band;
 * :func:`plot_ablation`        - grouped bars of an ablation table, optional ``*_std`` error bars.
@@ -22,7 +22,7 @@ from .plotting import new_figure, numeric_column, png_path, require_frame, save_
 
 __all__ = ["budget_curve", "plot_ablation", "plot_budget_curves", "plot_search_progress"]
 
-TRIAL_COLUMNS = ("trial_id", "epoch", "val_auc", "best_val_auc")
+TRIAL_COLUMNS = ("trial_id", "epoch", "val_score", "best_val_score")
 ABLATION_METRICS = ("auc_source", "auc_target", "pauc")
 _METRIC_LABELS = {"auc_source": "AUC (source)", "auc_target": "AUC (target)", "pauc": "pAUC"}
 
@@ -46,8 +46,8 @@ def _trial_rows(trials, name: str = "trials", order: pd.DataFrame | None = None)
         df = df[df["status"].astype(str) != "FAILED"]
     out = pd.DataFrame({"trial_id": df["trial_id"].astype(str).to_numpy()})
     out["epoch"] = numeric_column(df["epoch"], name, "epoch", allow_nan=True)
-    out["val_auc"] = numeric_column(df["val_auc"], name, "val_auc", allow_nan=True)
-    out["best_val_auc"] = numeric_column(df["best_val_auc"], name, "best_val_auc", allow_nan=True)
+    out["val_score"] = numeric_column(df["val_score"], name, "val_score", allow_nan=True)
+    out["best_val_score"] = numeric_column(df["best_val_score"], name, "best_val_score", allow_nan=True)
     if "restored_from_epoch" in df:
         out["restored_from_epoch"] = numeric_column(df["restored_from_epoch"], name, "restored_from_epoch",
                                                     allow_nan=True)
@@ -95,25 +95,25 @@ def _trial_rows(trials, name: str = "trials", order: pd.DataFrame | None = None)
 
 
 def budget_curve(trials: pd.DataFrame, order: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Best validation AUC so far vs cumulative epochs spent, from a search's ``trials.csv``.
+    """Best validation score so far vs cumulative epochs spent, from a search's ``trials.csv``.
 
     One row per reported result in arrival order (see :func:`_trial_rows` for ``order``), with
-    columns ``budget`` (epochs spent so far, summed over all trials), ``best``, ``val_auc``,
+    columns ``budget`` (epochs spent so far, summed over all trials), ``best``, ``val_score``,
     ``trial_id`` and ``epoch``: the input :func:`plot_budget_curves` expects (add a ``seed`` column
     to pool several searches).
     """
     rows = _trial_rows(trials, order=order)
-    value = rows["best_val_auc"].fillna(rows["val_auc"]).to_numpy()
+    value = rows["best_val_score"].fillna(rows["val_score"]).to_numpy()
     if np.isnan(value).all():
-        raise ValueError("trials: columns best_val_auc and val_auc have no values")
+        raise ValueError("trials: columns best_val_score and val_score have no values")
     return pd.DataFrame({"budget": np.cumsum(rows["spent"].to_numpy()).astype(int),
-                         "best": np.fmax.accumulate(value), "val_auc": rows["val_auc"].to_numpy(),
+                         "best": np.fmax.accumulate(value), "val_score": rows["val_score"].to_numpy(),
                          "trial_id": rows["trial_id"].to_numpy(), "epoch": rows["epoch"].astype(int).to_numpy()})
 
 
 def plot_search_progress(trials: pd.DataFrame, out_path, max_epochs: int | None = None) -> list[Path]:
-    """Two panels from a search's ``trials.csv``: (a) best validation AUC found so far vs the
-    cumulative epochs spent over all trials, (b) every trial's learning curve (val_auc vs epoch),
+    """Two panels from a search's ``trials.csv``: (a) best validation score found so far vs the
+    cumulative epochs spent over all trials, (b) every trial's learning curve (val_score vs epoch),
     coloured by the final budget the trial reached - trials stopped at the same rung form a group,
     which is how Hyperband's brackets and rungs show in the table. ``max_epochs`` (the search's
     ``--max-epochs``) fixes the epoch axis and adds a top axis in full-budget units to panel (a).
@@ -138,7 +138,7 @@ def plot_search_progress(trials: pd.DataFrame, out_path, max_epochs: int | None 
     total = float(x[-1])
     ax_a.set_xlim(0, total * 1.02)
     ax_a.set_xlabel("cumulative budget spent (epochs, summed over trials)")
-    ax_a.set_ylabel("best validation AUC so far")
+    ax_a.set_ylabel("best validation score so far")
     n_trials = rows["trial_id"].nunique()
     ax_a.set_title(f"(a) search progress: {n_trials} trials, {total:g} epochs")
     ax_a.grid(alpha=0.3)
@@ -157,23 +157,23 @@ def plot_search_progress(trials: pd.DataFrame, out_path, max_epochs: int | None 
     colors = {b: cmap(0.85 * i / max(1, len(budgets) - 1)) for i, b in enumerate(budgets)}
     counts = {b: sum(1 for v in final.values() if v == b) for b in budgets}
     for t, g in per_trial.items():
-        ok = np.isfinite(g["val_auc"].to_numpy())
-        ax_b.plot(g["epoch"].to_numpy()[ok], g["val_auc"].to_numpy()[ok], "-o", ms=3, lw=1.3,
+        ok = np.isfinite(g["val_score"].to_numpy())
+        ax_b.plot(g["epoch"].to_numpy()[ok], g["val_score"].to_numpy()[ok], "-o", ms=3, lw=1.3,
                   color=colors[final[t]], alpha=0.9)
     for b in budgets:  # legend in budget order, one entry per group
         ax_b.plot([], [], "-o", ms=3, lw=1.3, color=colors[b],
                   label=f"{b:g} ({counts[b]} trial{'s' if counts[b] != 1 else ''})")
-    best_row = rows.loc[rows["val_auc"].idxmax()] if rows["val_auc"].notna().any() else None
+    best_row = rows.loc[rows["val_score"].idxmax()] if rows["val_score"].notna().any() else None
     if best_row is not None:
-        ax_b.plot([best_row["epoch"]], [best_row["val_auc"]], "*", color="tab:red", ms=13, zorder=5,
-                  label=f"best: {best_row['val_auc']:.3f} (trial {best_row['trial_id']})")
+        ax_b.plot([best_row["epoch"]], [best_row["val_score"]], "*", color="tab:red", ms=13, zorder=5,
+                  label=f"best: {best_row['val_score']:.3f} (trial {best_row['trial_id']})")
     handles, labels = ax_b.get_legend_handles_labels()
     ax_b.legend(handles, labels, title="final budget (epochs)", fontsize=7.5, title_fontsize=8)
     if max_epochs is not None:
         ax_b.axvline(max_epochs, color="0.5", ls=":", lw=1)
         ax_b.set_xlim(0.5, max_epochs + 0.5)
     ax_b.set_xlabel("epoch")
-    ax_b.set_ylabel("validation AUC")
+    ax_b.set_ylabel("validation score")
     ax_b.set_title("(b) learning curves")
     ax_b.grid(alpha=0.3)
     return [save_figure(fig, path)]
@@ -188,9 +188,9 @@ def _step_values(budget: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.n
 
 
 def plot_budget_curves(curves: Mapping[str, pd.DataFrame], out_path, reference: float | None = None) -> list[Path]:
-    """Compare searchers: best validation AUC so far vs cumulative budget, one line per searcher.
+    """Compare searchers: best validation score so far vs cumulative budget, one line per searcher.
 
-    Each DataFrame has columns ``budget`` (cumulative epochs) and ``best`` (best validation AUC so
+    Each DataFrame has columns ``budget`` (cumulative epochs) and ``best`` (best validation score so
     far) and optionally ``seed``: the line is the mean over seeds of the step functions, with a
     min-max band, over the budget range that every seed covers. ``reference`` draws a horizontal
     line (e.g. the final best of plain random search).
@@ -246,7 +246,7 @@ def plot_budget_curves(curves: Mapping[str, pd.DataFrame], out_path, reference: 
     if reference is not None:
         ax.axhline(float(reference), color="0.3", ls="--", lw=1.2, label=f"reference = {float(reference):.3f}")
     ax.set_xlabel("cumulative budget (epochs)")
-    ax.set_ylabel("best validation AUC so far")
+    ax.set_ylabel("best validation score so far")
     ax.set_title("searchers compared (band: min-max over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

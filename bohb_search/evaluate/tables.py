@@ -42,6 +42,7 @@ __all__ = [
     "per_section_table",
     "to_markdown",
     "write_tables",
+    "diagnostics_table",
 ]
 
 #: machine types of paper Table 3, in its column order
@@ -147,17 +148,17 @@ def per_section_table(reports: Mapping[str, EvaluationReport]) -> pd.DataFrame:
 def _format_cell(value: Any, decimals: int) -> str:
     if isinstance(value, (float, np.floating)):
         if math.isnan(value):
-            return "-"
+            return "n/a"
         return f"{float(value):.{decimals}f}"
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return "n/a"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(df: pd.DataFrame, decimals: int = DECIMALS) -> str:
     """A GitHub-flavoured Markdown table of ``df`` (index levels become leading columns; a repeated
     outer index value is shown once per group, as in the paper; floats get ``decimals`` decimals;
-    NaN is ``-``).  Written here so that ``tabulate`` is not needed."""
+    NaN — a value that does not exist, e.g. AUC (target) without target-domain clips — is ``n/a``).  Written here so that ``tabulate`` is not needed."""
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
     has_index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
@@ -183,22 +184,39 @@ def to_markdown(df: pd.DataFrame, decimals: int = DECIMALS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(reports: Mapping[str, EvaluationReport], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``table2.csv``, ``table2.md``, ``table3.csv``, ``table3.md`` and ``per_section.csv``
-    into ``out_dir`` (created if needed); returns ``{file name: path}``."""
+def diagnostics_table(reports: Mapping[str, EvaluationReport]) -> pd.DataFrame:
+    """Rows (System, machine) and ``all``; columns the within-domain AUCs and the domain AUC of the normals."""
+    _check_reports(reports)
+    frames = []
+    for system, report in reports.items():
+        d = report.diagnostics().rename(index=machine_display_name)
+        d.index = pd.MultiIndex.from_product([[system], d.index], names=["System", "Machine"])
+        frames.append(d)
+    return pd.concat(frames)
+
+
+def write_tables(reports: Mapping[str, EvaluationReport], out_dir: str | os.PathLike[str],
+                 note: str | None = None) -> dict[str, Path]:
+    """Write ``table2``, ``table3`` and ``diagnostics`` (CSV and Markdown) and ``per_section.csv`` into
+    ``out_dir`` (created if needed); ``note`` (which clips the tables report on) ends every Markdown
+    table. Returns ``{file name: path}``."""
     _check_reports(reports)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {str(out)!r} exists and is not a directory")
     t2 = table2(reports)
     t3 = table3(reports)
+    diag = diagnostics_table(reports)
     sections = per_section_table(reports)
     fmt = f"%.{DECIMALS}f"
+    tail = f"\n{note}\n" if note else ""
     written = {
         "table2.csv": atomic_write_text(out / "table2.csv", t2.to_csv(float_format=fmt, lineterminator="\n")),
-        "table2.md": atomic_write_text(out / "table2.md", to_markdown(t2)),
+        "table2.md": atomic_write_text(out / "table2.md", to_markdown(t2) + tail),
         "table3.csv": atomic_write_text(out / "table3.csv", t3.to_csv(float_format=fmt, lineterminator="\n")),
-        "table3.md": atomic_write_text(out / "table3.md", to_markdown(t3)),
+        "table3.md": atomic_write_text(out / "table3.md", to_markdown(t3) + tail),
+        "diagnostics.csv": atomic_write_text(out / "diagnostics.csv", diag.to_csv(float_format=fmt, lineterminator="\n")),
+        "diagnostics.md": atomic_write_text(out / "diagnostics.md", to_markdown(diag) + tail),
         "per_section.csv": atomic_write_text(
             out / "per_section.csv", sections.to_csv(index=False, lineterminator="\n")
         ),

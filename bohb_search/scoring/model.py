@@ -1,8 +1,12 @@
 """A trained detector as users deploy it: checkpoint → log-mel → anomaly score (+ decision).
 
-The checkpoint written by ``finetune`` / ``final-train`` is self-contained: feature config, encoder
-config and weights, anomaly head, SVDD centre, the k-NN reference bank, and one decision threshold
-per machine (gamma fit on training-clip scores). Loading uses ``torch.load(weights_only=True)``.
+The checkpoint written by ``finetune`` / ``final-train`` / ``baseline`` is self-contained: feature
+config, network weights, and the training clips' embeddings (or, for the AE, the statistics of its
+reconstruction errors) from which the anomaly score is fitted when the model is loaded — with the
+score the model was trained with, or any other (``evaluate --score …``) without retraining. Decision
+thresholds are fitted per machine on the training clips' (leave-one-out) scores. Checkpoints of
+earlier versions (one k-NN bank per domain, thresholds stored) still load and score as before.
+Loading uses ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from data.features import FeatureConfig, LogMelExtractor
 from models import (
     AEConfig,
     AnomalyHead,
+    CheckpointError,
     DCASEAutoencoder,
     EncoderConfig,
     MahalanobisModel,
@@ -27,9 +32,18 @@ from models import (
     reconstruction_errors,
 )
 
-from .scores import autoencoder_scores, embedding_scores
+from .banks import EmbeddingScorer
+from .config import ScoreConfig
+from .decision import fit_gamma_threshold
+from .scores import autoencoder_scores
 
 MODEL_KIND = "anomaly_model"
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+AE_SCORES = ("mse", "mahalanobis")
 
 
 @dataclass
@@ -41,10 +55,26 @@ class ScoredFile:
     decision: int | None  # 1 = anomalous (score above the machine's threshold), None = no threshold
 
 
-class AnomalyModel:
-    """Scores log-mel clips with a fine-tuned encoder + head, or with the AE baseline."""
+def _legacy_training_embeddings(bundle: dict) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Checkpoints before the score banks kept one k-NN bank per domain (all machines pooled)."""
+    bank = bundle.get("knn_bank") or {}
+    parts = [(bank[d].float(), i) for i, d in enumerate(("source", "target")) if d in bank]
+    if not parts:
+        raise ValueError("checkpoint has no training embeddings to fit a score on")
+    z = torch.cat([p for p, _ in parts])
+    domains = [i for p, i in parts for _ in range(len(p))]
+    group = bundle["machines"][0] if len(bundle["machines"]) == 1 else "all"
+    return z, domains, [group] * len(z)
 
-    def __init__(self, bundle: dict, device: str | torch.device = "cpu"):
+
+class AnomalyModel:
+    """Scores log-mel clips with a fine-tuned encoder + head, or with the AE baseline.
+
+    ``score`` re-scores with another setting: a :class:`ScoreConfig` (or a dict of its fields) for an
+    embedding model, ``"mse"`` or ``"mahalanobis"`` for the AE.
+    """
+
+    def __init__(self, bundle: dict, device: str | torch.device = "cpu", score=None):
         if bundle.get("kind") != MODEL_KIND:
             raise ValueError(f"not an anomaly-model checkpoint (kind={bundle.get('kind')!r})")
         self.bundle = bundle
@@ -52,49 +82,117 @@ class AnomalyModel:
         self.model_kind: str = bundle["model_kind"]
         self.feature_cfg = FeatureConfig.from_dict(bundle["feature_config"])
         self.machines: list[str] = list(bundle["machines"])
-        self.thresholds: dict[str, float] = dict(bundle.get("thresholds", {}))
-        self.score_method: str = bundle.get("score", "cosine")
+        self.threshold_percentile = float(bundle.get("threshold_percentile", 0.9))
+        self.legacy = "train_embeddings" not in bundle and "ae_train_scores" not in bundle
         if self.model_kind == "ae":
-            self.ae = DCASEAutoencoder(AEConfig.from_dict(bundle["ae_config"]))
-            load_weights(self.ae, bundle["ae"], "autoencoder weights")
-            self.ae.to(self.device).eval()
-            stats = bundle.get("ae_stats")
-            self.mahalanobis = MahalanobisModel.from_dict(stats) if stats else None
+            self._init_ae(bundle, score)
         else:
-            self.encoder_cfg = EncoderConfig.from_dict(bundle["encoder_config"])
-            self.encoder = build_encoder(self.encoder_cfg)
-            load_weights(self.encoder, bundle["encoder"], "encoder weights")
-            self.encoder.to(self.device).eval()
-            h = bundle["head_config"]
-            self.head = AnomalyHead(self.encoder_cfg.dim, list(h["layers"]), h["emb_dim"], h["hidden"], h["dropout"])
-            load_weights(self.head, bundle["head"], "anomaly-head weights")
-            self.head.to(self.device).eval()
-            self.center = bundle["center"].float()
-            self.bank = {k: v.float() for k, v in bundle.get("knn_bank", {}).items()}
-            self.knn_k = int(bundle.get("knn_k", 1))
+            self._init_embedding_model(bundle, score)
+        if self.legacy and score is None:
+            self.thresholds: dict[str, float] = dict(bundle.get("thresholds", {}))
+        else:
+            self.thresholds = self._fit_thresholds()
+
+    def _init_ae(self, bundle: dict, score) -> None:
+        self.ae = DCASEAutoencoder(AEConfig.from_dict(bundle["ae_config"]))
+        load_weights(self.ae, bundle["ae"], "autoencoder weights")
+        self.ae.to(self.device).eval()
+        self.score_method = str(score or bundle.get("score", "mse"))
+        if self.score_method not in AE_SCORES:
+            raise ValueError(f"the AE baseline scores by {' or '.join(AE_SCORES)}, not {self.score_method!r}")
+        stats = bundle.get("ae_stats")
+        self.mahalanobis = MahalanobisModel.from_dict(stats) if stats else None
+        if self.score_method == "mahalanobis" and self.mahalanobis is None:
+            raise ValueError("this AE checkpoint has no Mahalanobis statistics: it can only score by mse")
+        self.score_label = self.score_method
+
+    def _init_embedding_model(self, bundle: dict, score) -> None:
+        self.encoder_cfg = EncoderConfig.from_dict(bundle["encoder_config"])
+        self.encoder = build_encoder(self.encoder_cfg)
+        load_weights(self.encoder, bundle["encoder"], "encoder weights")
+        self.encoder.to(self.device).eval()
+        h = bundle["head_config"]
+        self.head = AnomalyHead(self.encoder_cfg.dim, list(h["layers"]), h["emb_dim"], h["hidden"], h["dropout"])
+        load_weights(self.head, bundle["head"], "anomaly-head weights")
+        self.head.to(self.device).eval()
+        if self.legacy:
+            trained_with = ScoreConfig(score=bundle.get("score", "cosine"), knn_k=int(bundle.get("knn_k", 1)))
+            z, domains, groups = _legacy_training_embeddings(bundle)
+        else:
+            trained_with = ScoreConfig.of(bundle["score_config"])
+            z = bundle["train_embeddings"].float()
+            domains, groups = list(bundle["train_domains"]), list(bundle["train_machines"])
+        if isinstance(score, dict):
+            score = ScoreConfig.of({**trained_with.to_dict(), **score})
+        self.score_cfg = score or trained_with
+        self.score_label = self.score_cfg.label
+        self.scorer = EmbeddingScorer(self.score_cfg, bundle["center"].float(),
+                                      seed=int(bundle.get("score_seed", 0))).fit(z, domains, groups)
+
+    def training_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, machines) of the training clips, leave-one-out for the k-NN banks: what thresholds and
+        ensemble standardisation are fitted on (never a test clip)."""
+        if self.model_kind == "ae":
+            if "ae_train_scores" not in self.bundle:
+                raise ValueError("this AE checkpoint of an earlier version has no training-clip scores")
+            return (np.asarray(self.bundle["ae_train_scores"][self.score_method], dtype=float),
+                    np.asarray(self.bundle["ae_train_machines"]))
+        s, g, _ = self.scorer.training_scores()
+        return s.numpy().astype(float), np.asarray(g)
+
+    def _fit_thresholds(self) -> dict[str, float]:
+        """Per machine: the gamma fit of the training clips' scores (leave-one-out for the k-NN banks)."""
+        scores, groups = self.training_scores()
+        out = {}
+        for m in sorted(set(groups)):
+            values = scores[(groups == m) & np.isfinite(scores)]
+            if len(values) >= 2 and np.ptp(values) > 0:
+                out[str(m)] = float(fit_gamma_threshold(values, self.threshold_percentile))
+        return out
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "AnomalyModel":
-        return cls(load_checkpoint(path), device)
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", score=None) -> "AnomalyModel":
+        bundle = load_checkpoint(path)
+        if bundle.get("kind") != MODEL_KIND:
+            raise CheckpointError(f"{path}: not a model written by finetune, baseline or final-train "
+                                  f"(kind {bundle.get('kind')!r})")
+        try:
+            return cls(bundle, device, score)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            what = f"missing {err}" if isinstance(err, KeyError) else _short(err)
+            raise CheckpointError(f"{path}: a damaged or foreign model checkpoint ({what})") from None
+        except ValueError as err:  # a recorded config that is not valid, or a --score the model cannot use
+            raise CheckpointError(f"{path}: {_short(err)}") from None
 
     @torch.no_grad()
-    def score_features(self, features: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(N, n_mels, T) log-mel (float16/32) → (N,) anomaly scores, higher = more anomalous."""
+    def embed(self, features: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        """(N, n_mels, T) log-mel → (N, E) embeddings of an encoder + head model."""
         out = []
         for i in range(0, len(features), batch_size):
             x = torch.from_numpy(np.asarray(features[i : i + batch_size], dtype=np.float32)).to(self.device)
-            if self.model_kind != "ae":
-                x = x[..., : self.encoder_cfg.n_frames]  # the tileable frame count the encoder was built for
-            if self.model_kind == "ae":
-                out.append(self._score_ae(x))
-            else:
-                o = self.encoder(x.unsqueeze(1))
-                z = self.head(o.pooled, o.layers).float().cpu()
-                out.append(embedding_scores(z, self.score_method, self.center, self.bank, self.knn_k))
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+            x = x[..., : self.encoder_cfg.n_frames]  # the tileable frame count the encoder was built for
+            o = self.encoder(x.unsqueeze(1))
+            out.append(self.head(o.pooled, o.layers).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.bundle["head_config"]["emb_dim"])
 
-    def _score_ae(self, x: torch.Tensor) -> torch.Tensor:
-        return autoencoder_scores(reconstruction_errors(self.ae, x).cpu(), self.score_method, self.mahalanobis)
+    @torch.no_grad()
+    def score_features(self, features: np.ndarray, machines=None, batch_size: int = 64) -> np.ndarray:
+        """(N, n_mels, T) log-mel (float16/32) → (N,) anomaly scores, higher = more anomalous.
+
+        ``machines`` names each clip's machine (one name for all, or one per clip); needed when the model
+        covers several machines, because each machine has its own banks. Clips are scored one by one:
+        no statistic of the scored set reaches any score.
+        """
+        if self.model_kind == "ae":
+            out = []
+            for i in range(0, len(features), batch_size):
+                x = torch.from_numpy(np.asarray(features[i : i + batch_size], dtype=np.float32)).to(self.device)
+                err = reconstruction_errors(self.ae, x).cpu()
+                out.append(autoencoder_scores(err, self.score_method, self.mahalanobis))
+            return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        if self.legacy and self.scorer.groups.keys() == {"all"}:
+            machines = None
+        return self.scorer.score(self.embed(features, batch_size), machines).numpy()
 
     # ---- recordings of any length ---------------------------------------------------------
     def score_files(self, paths: list[str | Path], machine: str | None = None, channel: int | str = 0,
@@ -105,8 +203,13 @@ class AnomalyModel:
         extractor = LogMelExtractor(self.feature_cfg)
         win = audio.num_samples
         hop = max(1, win // 2)
-        thr = self.thresholds.get(machine) if machine else (
-            next(iter(self.thresholds.values())) if len(self.thresholds) == 1 else None)
+        if machine is None and len(self.machines) == 1:
+            machine = self.machines[0]
+        if machine is not None and machine not in self.machines:
+            raise ValueError(f"--machine {machine}: the model was trained on {', '.join(self.machines)}")
+        if machine is None and self.model_kind != "ae":
+            raise ValueError(f"the model covers several machines ({', '.join(self.machines)}): give --machine")
+        thr = self.thresholds.get(machine) if machine else None
         results, skipped = [], []
         for p in paths:
             try:
@@ -124,7 +227,7 @@ class AnomalyModel:
             windows = torch.from_numpy(np.stack([wave[s : s + win] for s in starts]))
             with torch.no_grad():
                 feats = extractor(windows).numpy()
-            s = self.score_features(feats)
+            s = self.score_features(feats, machine)
             mean = float(np.mean(s))
             results.append(ScoredFile(str(p), mean, float(np.max(s)), len(starts),
                                       None if thr is None else int(mean > thr)))

@@ -9,18 +9,16 @@ The CLI's ``pretrain``/``finetune``, the Ray Tune trainable and ``final-train`` 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from contextlib import nullcontext
 
 import numpy as np
+import pandas as pd
 import torch
 
 from data.datasets import FinetuneData
 
-from ..evaluate.metrics import section_metrics, validation_auc
-from .configs import FinetuneConfig
-from .pseudo_outliers import PseudoOutlierConfig, make_pseudo_outliers
+from ..evaluate.metrics import evaluate_scores, validation_auc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,87 +40,125 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None):
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size].numpy()
+def batches(n: int, batch_size: int, generator: torch.Generator | None, min_batches: int = 0):
+    """Index batches over ``n`` items: one shuffled pass, then further shuffled passes until at least
+    ``min_batches`` batches were given, so an epoch is never a handful of steps on a small machine."""
+    given = 0
+    while True:
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size].numpy()
+            given += 1
+        if given >= min_batches:
+            return
 
 
-def pseudo_outlier_config(cfg: FinetuneConfig, feature_cfg) -> PseudoOutlierConfig:
-    """pOE settings of a run, with the mel geometry of the features the outliers are made from."""
-    return PseudoOutlierConfig(
-        ratio=cfg.poe_ratio, other_machine_share=cfg.other_machine_share,
-        sample_rate=feature_cfg.audio.sample_rate, n_fft=feature_cfg.n_fft, hop_length=feature_cfg.hop_length,
-        f_min=feature_cfg.f_min, f_max=feature_cfg.f_max or feature_cfg.audio.sample_rate / 2,
-        **({"kinds": cfg.perturbations} if cfg.perturbations else {}))
+def epoch_batches(n: int, batch_size: int, min_steps: int, accum_steps: int = 1) -> int:
+    """Batches of one epoch: a pass over ``n`` items, or more to reach ``min_steps`` optimizer steps
+    (each of ``accum_steps`` batches), rounded up to whole passes."""
+    per_pass = max(1, math.ceil(n / batch_size))
+    wanted = min_steps * accum_steps
+    return per_pass * max(1, math.ceil(wanted / per_pass))
 
 
 class AnomalyTrainer:
-    """Epoch counter, validation set, early stopping and RNG bookkeeping shared by both stage-2 trainers.
+    """Epoch counter, validation, model selection and RNG bookkeeping shared by the stage-2 trainers.
 
-    Subclasses implement ``_train_epoch() -> dict``, ``score(features)``, ``_model_state()`` /
-    ``_load_model_state()`` and ``_extra_state()`` / ``_load_extra_state()``.
+    Model selection follows ``data.selection``: with a validation set the epoch with the best
+    ``val_score`` is kept and training stops after ``patience`` epochs without improvement; with a
+    ``"fixed budget"`` (or ``select_best = False``, the AE baseline's recipe) every epoch up to
+    ``max_epochs`` is trained and the last one is kept. ``val_score`` is the official DCASE score on
+    the validation part of the labelled test split, or the AUC of held-out normals against pseudo
+    outliers without labels.
+
+    Subclasses implement ``_train_epoch() -> dict``, ``score(features, machines)``, ``_model_state()`` /
+    ``_load_model_state()`` and ``_extra_state()`` / ``_load_extra_state()``, and may build held-out
+    validation clips in ``_heldout_validation()``.
     """
 
     kind = "abstract"
+    select_best = True
 
-    def __init__(self, cfg: FinetuneConfig, data: FinetuneData, device):
+    def __init__(self, cfg, data: FinetuneData, device):
         self.cfg = cfg
         self.data = data
         self.device = resolve_device(device) if isinstance(device, str) else device
         torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
         self.generator = torch.Generator().manual_seed(cfg.seed)  # batch order + pseudo outliers
-        self.poe_cfg = pseudo_outlier_config(cfg, data.feature_cfg)
-        self.pool = (torch.from_numpy(data.outlier_pool.astype(np.float32))
-                     if data.outlier_pool is not None and len(data.outlier_pool) else None)
         self.epoch = 0
-        self.best_auc = -math.inf
+        self.best_score = -math.inf
         self.best_epoch = 0
         self.best_state: dict | None = None
         self.history: list[dict] = []
-        self._build_validation()
+        # set only by the ETA estimate (train/estimate.py), which times a few batches of a throwaway trainer
+        self.batch_limit: int | None = None
+        self.val_x = self.val_y = self.val_domain = self.val_machine = self.val_section = None
+
+    def _epoch_batch_ids(self) -> list[np.ndarray]:
+        """The index batches of the next epoch (``min_steps_per_epoch`` optimizer steps at least)."""
+        ids = list(batches(self.data.n_train, self.cfg.batch_size, self.generator, self.batches_per_epoch()))
+        return ids if self.batch_limit is None else ids[: self.batch_limit]
+
+    def batches_per_epoch(self) -> int:
+        cfg = self.cfg
+        return epoch_batches(self.data.n_train, cfg.batch_size, cfg.min_steps_per_epoch, getattr(cfg, "accum_steps", 1))
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.select_best and self.data.early_stopping
 
     def _build_validation(self) -> None:
         d = self.data
         if d.val_x is not None:
             self.val_x, self.val_y, self.val_domain = d.val_x, d.val_y, d.val_domain
-            return
-        # held-out normals vs pseudo outliers made from them with a FIXED generator, so every epoch
-        # (and every trial of a search) is validated on the same clips
-        normals = torch.from_numpy(d.heldout_normals.astype(np.float32))
-        outliers, _ = make_pseudo_outliers(normals, torch.Generator().manual_seed(10_007),
-                                           dataclasses.replace(self.poe_cfg, ratio=1.0), self.pool)
-        self.val_x = np.concatenate([normals.numpy(), outliers.numpy()]).astype(np.float16)
-        self.val_y = np.concatenate([np.zeros(len(normals)), np.ones(len(outliers))]).astype(np.int64)
-        self.val_domain = None
+            self.val_machine, self.val_section = d.val_machine, d.val_section
+        elif d.heldout_normals is not None:
+            self._heldout_validation()
+
+    def _heldout_validation(self) -> None:
+        """Held-out normals against pseudo outliers: only a trainer that makes pseudo outliers has them."""
 
     def validate(self) -> dict:
-        scores = self.score(self.val_x)
+        if self.val_x is None:
+            return {}
+        scores = self.score(self.val_x, self.val_machine)
         if not np.all(np.isfinite(scores)):
             raise FloatingPointError(f"non-finite validation scores at epoch {self.epoch}")
         out = {"val_auc": float(validation_auc(scores, self.val_y))}
-        if self.val_domain is not None:
-            parts = section_metrics(scores, self.val_y, np.where(self.val_domain == 0, "source", "target"))
-            out.update({f"val_{k}": float(parts[k]) for k in ("auc_source", "auc_target", "pauc")})
+        if self.val_domain is None:  # held-out normals vs pseudo outliers
+            out["val_score"] = out["val_auc"]
+            return out
+        report = evaluate_scores(pd.DataFrame({
+            "machine": self.val_machine, "section": self.val_section, "label": self.val_y,
+            "domain": np.where(self.val_domain == 0, "source", "target"), "score": scores}))
+        out["val_score"] = float(report.official_score)
+        for key, label in (("auc_source", "AUC (source)"), ("auc_target", "AUC (target)"), ("pauc", "pAUC")):
+            out[f"val_{key}"] = float(report.summary.loc[label, "hmean"])
+        diag = report.diagnostics().loc["all"]
+        out.update({f"val_{k}": float(v) for k, v in diag.items()})
         return out
 
     def step(self) -> dict:
-        """Train one epoch, validate, update early stopping; returns the epoch's metrics."""
+        """Train one epoch, validate, update model selection; returns the epoch's metrics."""
         metrics = {"epoch": self.epoch + 1, **self._train_epoch()}
         self.epoch += 1
         metrics.update(self.validate())
-        if metrics["val_auc"] > self.best_auc:
-            self.best_auc, self.best_epoch = metrics["val_auc"], self.epoch
+        score = metrics.get("val_score", math.nan)
+        if not self.early_stopping:
+            self.best_epoch, self.best_score = self.epoch, score
+            self.best_state = None  # the current (last) state is the selected one
+        elif score > self.best_score:
+            self.best_score, self.best_epoch = score, self.epoch
             self.best_state = self._model_state()
-        metrics["best_val_auc"] = self.best_auc
+        metrics["best_val_score"] = self.best_score
         metrics["epochs_since_best"] = self.epoch - self.best_epoch
-        metrics["done"] = bool(self.epoch >= self.cfg.max_epochs
-                               or self.epoch - self.best_epoch >= self.cfg.patience)
+        stop_early = self.early_stopping and self.epoch - self.best_epoch >= self.cfg.patience
+        metrics["done"] = bool(self.epoch >= self.cfg.max_epochs or stop_early)
         self.history.append(metrics)
         return metrics
 
     def use_best(self) -> None:
-        """Load the model state of the best validation epoch (after early stopping)."""
+        """Load the model state of the selected epoch (the last one with a fixed budget)."""
         if self.best_state is not None:
             self._load_model_state(self.best_state)
 
@@ -133,7 +169,7 @@ class AnomalyTrainer:
             **self._model_state(),
             **self._extra_state(),
             "epoch": self.epoch,
-            "best_auc": self.best_auc,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state,
             "history": self.history,
@@ -147,7 +183,7 @@ class AnomalyTrainer:
         self._load_model_state(state)
         self._load_extra_state(state)
         self.epoch = int(state["epoch"])
-        self.best_auc = float(state["best_auc"])
+        self.best_score = float(state.get("best_score", state.get("best_auc", -math.inf)))
         self.best_epoch = int(state["best_epoch"])
         self.best_state = state["best_state"]
         self.history = list(state["history"])
@@ -161,3 +197,6 @@ class AnomalyTrainer:
             first.setdefault(int(row), int(self.data.train_domain[pos]))
         rows = np.array(sorted(first), dtype=np.int64)
         return rows, np.array([first[r] for r in rows], dtype=np.int64)
+
+    def _training_machines(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.data.base_machine)[rows]

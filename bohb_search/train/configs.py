@@ -12,6 +12,10 @@ import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Literal
 
+from data.config import check_fields
+
+from ..scoring.config import ScoreConfig
+
 
 def strict_from_dict(cls, d: dict):
     """``cls(**d)`` that names unknown keys instead of raising a TypeError about ``__init__``."""
@@ -58,15 +62,19 @@ class PretrainConfig:
     batch_size: int = 256  # effective batch; split into micro-batches when micro_batch_size is smaller
     micro_batch_size: int = 256  # gradient accumulation when memory is short
     epochs: int = 5  # pre-training epochs (paper: 5)
+    min_steps_per_epoch: int = 20  # an epoch is at least this many optimizer steps (small data sets are cycled)
     target: Literal["machine", "machine_section_attr"] = "machine"  # classes: machine types, or type × section × attributes
     val_fraction: float = 0.1  # held-out share of the clips of every class (accuracy, mAP)
     amp: bool = True  # bfloat16 autocast on CUDA
     seed: int = 0  # weight initialisation, batch order and validation split
 
     def __post_init__(self):
+        check_fields(self, "pretrain")
         for name in ("lr", "batch_size", "micro_batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"pretrain {name} must be > 0, got {getattr(self, name)}")
+        if self.min_steps_per_epoch < 0:
+            raise ValueError(f"pretrain min_steps_per_epoch must be >= 0, got {self.min_steps_per_epoch}")
         if self.micro_batch_size > self.batch_size:
             self.micro_batch_size = self.batch_size
 
@@ -79,17 +87,19 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Stage 2 settings. Defaults follow paper 3.2; the searched ones are marked (search)."""
+class FinetuneConfig(ScoreConfig):
+    """Stage 2 settings. Defaults follow paper 3.2; the searched ones are marked (search). The anomaly
+    score's fields (score, knn_k, …) come from :class:`~bohb_search.scoring.config.ScoreConfig`."""
 
-    lr: float = 1e-4  # (search) AdamW lr of θ_f = last K blocks + anomaly head
+    objective: Literal["poe", "margin"] = "poe"  # (search) poe: the paper's pOE around a centre + GRL; margin: classify what is known about each clip with an angular margin
+    lr: float = 1e-4  # (search) AdamW lr of θ_f = last K blocks + anomaly head, > 0
     weight_decay: float = 1e-2  # (search) AdamW weight decay of θ_f
     lambda_adv: float = 0.1  # (search) weight of L_adv in L_total (eq. 11); 0 = "pOE only"
-    delta: float = 0.5  # (search) margin δ of eq. 9: outliers are pushed until cos(z, c) ≤ δ
+    delta: float = 0.5  # (search) margin δ of eq. 9, in [-1, 1]: outliers are pushed until cos(z, c) ≤ δ
     unfreeze_k: int = 2  # (search) number of final encoder blocks trained; the rest stay frozen
-    head_dropout: float = 0.1  # (search) dropout p of eq. 6
-    poe_ratio: float = 1.0  # (search) pseudo outliers per normal clip in a batch; 0 = OC-SVDD (no outliers)
-    other_machine_share: float = 0.5  # fraction of outliers taken from other machine types (when available)
+    head_dropout: float = 0.1  # (search) dropout p of eq. 6, in [0, 1)
+    poe_ratio: float = 1.0  # (search) pseudo outliers per normal clip in a batch, >= 0; 0 = OC-SVDD (no outliers)
+    other_machine_share: float = 0.5  # share in [0, 1] of outliers (pOE) or extra clips (margin) from other machine types
     perturbations: tuple[str, ...] = ()  # perturbation kinds; () = the pseudo-outlier module's defaults
     emb_dim: int = 128  # dimension D of the anomaly embedding z
     head_hidden: int = 256  # width of the head MLP's hidden layer
@@ -97,20 +107,33 @@ class FinetuneConfig:
     batch_size: int = 256  # normal clips per batch (each gets poe_ratio pseudo outliers)
     accum_steps: int = 2  # gradient accumulation over 2 steps (paper 3.2)
     grad_clip: float = 1.0  # max L2 norm of θ_f's gradient
-    center_momentum: float = 0.99  # μ of eq. 8 (applied literally: c ← (1-μ)c + μ·mean(z_normal))
+    center_momentum: float = 0.99  # μ of eq. 8, in (0, 1] (applied literally: c ← (1-μ)c + μ·mean(z_normal))
     domain_lr: float = 1e-4  # θ_D optimizer: fixed lr 1e-4, wd 1e-2 (paper 3.2)
     domain_weight_decay: float = 1e-2  # θ_D optimizer's weight decay (paper 3.2)
     domain_hidden: int = 64  # hidden width of the domain classifier
+    margin_loss: Literal["adacos", "arcface"] = "adacos"  # margin objective: sub-cluster AdaCos (fixed centres) or ArcFace
+    n_subclusters: int = 16  # margin objective, adacos: centres per class
+    adacos_dynamic: bool = False  # margin objective, adacos: adapt the scale (AdaCos rule) instead of the fixed √2·ln(C·K − 1)
+    arcface_margin: float = 0.5  # margin objective, arcface: additive angular margin m (radians)
+    arcface_scale: float = 30.0  # margin objective, arcface: scale s
+    mixup_prob: float = 0.5  # margin objective: share in [0, 1] of clips mixed with another clip of the batch (labels mixed)
+    perturbation_classes: bool = False  # margin objective: a clip perturbed in way j is an extra class (its class, j)
+    pseudo_classes: int = 4  # margin objective: k-means clusters of the pre-trained embeddings per machine and domain, for clips without attributes (1 = none)
+    class_weight_power: float = 0.5  # margin objective: class weight (N / (C·n_c))^power, power in [0, 1]: 0 = unweighted, 1 = fully balanced
     max_epochs: int = 100  # at most this many epochs (paper: 100)
-    patience: int = 15  # early stopping on validation AUC
-    score: Literal["cosine", "knn"] = "cosine"  # anomaly score: 1 − cos(z, c), or k-NN cosine distance (min over domains)
-    knn_k: int = 1  # neighbours averaged by the k-NN score
-    ae_score: Literal["mse", "mahalanobis"] = "mse"  # AE baseline only: its two DCASE scoring modes
-    ae_vectors_per_clip: int = 64  # AE baseline only: 5-frame windows reconstructed per clip and epoch
+    patience: int = 15  # early stopping: epochs without a better validation score
+    min_steps_per_epoch: int = 20  # an epoch is at least this many optimizer steps (the balanced set is cycled), whatever the data size
+    select_on_all: bool = False  # select on the whole labelled test split instead of its validation half (tables then carry a mark)
+    heldout_fraction: float = 0.1  # without labels: share in [0, 1) of each machine's and domain's normals held out for validation
+    heldout_floor: int = 16  # without labels: fewer held-out normals than this means a fixed budget, no early stopping
     amp: bool = True  # bfloat16 autocast on CUDA
     seed: int = 0  # weight initialisation, batch order, pseudo outliers
 
     def __post_init__(self):
+        self.perturbations = tuple(self.perturbations)
+        self.head_layers = tuple(int(i) if isinstance(i, float) and i.is_integer() else i for i in self.head_layers)
+        check_fields(self, "finetune")
+        super().__post_init__()
         checks = {
             "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "lambda_adv": self.lambda_adv >= 0,
             "delta": -1 <= self.delta <= 1, "unfreeze_k": self.unfreeze_k >= 0,
@@ -118,17 +141,18 @@ class FinetuneConfig:
             "other_machine_share": 0 <= self.other_machine_share <= 1, "batch_size": self.batch_size > 0,
             "accum_steps": self.accum_steps >= 1, "grad_clip": self.grad_clip > 0,
             "center_momentum": 0 < self.center_momentum <= 1, "max_epochs": self.max_epochs >= 1,
-            "patience": self.patience >= 1, "knn_k": self.knn_k >= 1,
+            "patience": self.patience >= 1, "min_steps_per_epoch": self.min_steps_per_epoch >= 0,
+            "heldout_fraction": 0 <= self.heldout_fraction < 1, "heldout_floor": self.heldout_floor >= 0,
+            "n_subclusters": self.n_subclusters >= 1, "arcface_margin": 0 <= self.arcface_margin < 1.5,
+            "arcface_scale": self.arcface_scale > 0, "mixup_prob": 0 <= self.mixup_prob <= 1,
+            "pseudo_classes": self.pseudo_classes >= 1, "class_weight_power": 0 <= self.class_weight_power <= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"finetune {name}: invalid value {getattr(self, name)!r}")
-        if self.ae_score not in ("mse", "mahalanobis"):
-            raise ValueError(f"finetune ae_score must be 'mse' or 'mahalanobis', got {self.ae_score!r}")
-        if self.ae_vectors_per_clip < 1:
-            raise ValueError(f"finetune ae_vectors_per_clip must be >= 1, got {self.ae_vectors_per_clip}")
-        if self.score not in ("cosine", "knn"):
-            raise ValueError(f"finetune score must be 'cosine' or 'knn', got {self.score!r}")
+        for name, allowed in (("objective", ("poe", "margin")), ("margin_loss", ("adacos", "arcface"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"finetune {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         self.perturbations = tuple(self.perturbations)
         self.head_layers = tuple(int(i) for i in self.head_layers)
 
@@ -144,9 +168,45 @@ class FinetuneConfig:
 
     @property
     def variant(self) -> str:
-        """The ablation row this config is (paper Table 1)."""
+        """The ablation row this config is (paper Table 1), or the margin objective's loss."""
+        if self.objective == "margin":
+            return f"margin ({self.margin_loss})"
         outliers = "pOE" if self.poe_ratio > 0 else "OC-SVDD"
         return f"{outliers} + GRL" if self.lambda_adv > 0 else f"{outliers} only"
+
+
+@dataclass
+class AEBaselineConfig:
+    """The DCASE 2023-2025 Task 2 autoencoder baseline's recipe (nttcslab/dcase2023_task2_baseline_ae, 2025t2),
+    the yardstick every table compares with. Its features are ``data.config.dcase_ae_features``."""
+
+    lr: float = 1e-3  # Adam learning rate (no weight decay, no scheduler)
+    max_epochs: int = 100  # every epoch is trained; the last epoch's weights are kept (no early stopping)
+    batch_size: int = 256  # frame-context vectors per batch, shuffled every epoch
+    validation_split: float = 0.1  # share of the vectors held out at random and never trained on, as the official code
+    score: Literal["mse", "mahalanobis"] = "mse"  # MSE: mean squared reconstruction error; MAHALA: per-domain covariance of residual frames, min over domains
+    n_frames: int = 5  # consecutive frames per vector (5 × 128 = 640 values)
+    min_steps_per_epoch: int = 0  # at least this many optimizer steps per epoch (0: one pass, the official recipe)
+    seed: int = 13711  # the official seed
+    amp: bool = False  # the AE is tiny: always float32
+
+    def __post_init__(self):
+        check_fields(self, "baseline")
+        checks = {"lr": self.lr > 0, "max_epochs": self.max_epochs >= 1, "batch_size": self.batch_size >= 2,
+                  "validation_split": 0 <= self.validation_split < 1, "n_frames": self.n_frames >= 1,
+                  "min_steps_per_epoch": self.min_steps_per_epoch >= 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"baseline {name}: invalid value {getattr(self, name)!r}")
+        if self.score not in ("mse", "mahalanobis"):
+            raise ValueError(f"baseline score must be 'mse' or 'mahalanobis', got {self.score!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AEBaselineConfig":
+        return strict_from_dict(cls, dict(d))
 
 
 # =================================================================================================

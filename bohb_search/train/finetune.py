@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -10,11 +11,23 @@ import torch
 from data.datasets import FinetuneData, to_tensor
 from models import AnomalyHead, DomainClassifier, EncoderConfig, build_encoder, grad_reverse, load_weights
 
-from ..scoring.scores import embedding_scores
-from .base import AnomalyTrainer, autocast, batches
-from .configs import FinetuneConfig
+from ..scoring.banks import EmbeddingScorer
+from ..scoring.config import ScoreConfig
+from .base import AnomalyTrainer, autocast
+from .configs import FinetuneConfig, PseudoOutlierConfig
 from .losses import combined_objective, domain_adversarial_loss, init_center, poe_loss_terms, update_center
 from .pseudo_outliers import make_pseudo_outliers
+
+HELDOUT_OUTLIER_SEED = 10_007  # the held-out validation's pseudo outliers: the same clips every epoch and trial
+
+
+def pseudo_outlier_config(cfg: FinetuneConfig, feature_cfg) -> PseudoOutlierConfig:
+    """pOE settings of a run, with the mel geometry of the features the outliers are made from."""
+    return PseudoOutlierConfig(
+        ratio=cfg.poe_ratio, other_machine_share=cfg.other_machine_share,
+        sample_rate=feature_cfg.audio.sample_rate, n_fft=feature_cfg.n_fft, hop_length=feature_cfg.hop_length,
+        f_min=feature_cfg.f_min, f_max=feature_cfg.f_max or feature_cfg.audio.sample_rate / 2,
+        **({"kinds": cfg.perturbations} if cfg.perturbations else {}))
 
 
 def default_head_layers(depth: int) -> list[int]:
@@ -30,6 +43,13 @@ class FinetuneTrainer(AnomalyTrainer):
     def __init__(self, cfg: FinetuneConfig, encoder_cfg: EncoderConfig, data: FinetuneData,
                  encoder_state: dict | None = None, device: str | torch.device = "auto"):
         super().__init__(cfg, data, device)
+        self.poe_cfg = pseudo_outlier_config(cfg, data.feature_cfg)
+        self.pool = (torch.from_numpy(data.outlier_pool.astype(np.float32))
+                     if data.outlier_pool is not None and len(data.outlier_pool) else None)
+        # the gradient reversal needs two domains to adapt between; with one it would only add noise
+        self.grl_active = cfg.lambda_adv > 0 and len(np.unique(data.train_domain)) >= 2
+        self.notes = [] if self.grl_active or cfg.lambda_adv == 0 else [
+            f"lambda_adv {cfg.lambda_adv:g} -> 0: the training data has one domain, so there is nothing to adapt"]
         self.encoder_cfg = encoder_cfg
         self.encoder = build_encoder(encoder_cfg).to(self.device)
         if encoder_state is not None:
@@ -48,6 +68,29 @@ class FinetuneTrainer(AnomalyTrainer):
         self.opt_f = torch.optim.AdamW(self.feature_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_d = torch.optim.AdamW(self.domain_clf.parameters(), lr=cfg.domain_lr, weight_decay=cfg.domain_weight_decay)
         self.center: torch.Tensor | None = None
+        self._build_validation()
+
+    @property
+    def lambda_adv(self) -> float:
+        """λ_adv in effect: 0 when the training data has a single domain."""
+        return self.cfg.lambda_adv if self.grl_active else 0.0
+
+    def _heldout_validation(self) -> None:
+        # held-out normals vs pseudo outliers made from them with a FIXED generator, so every epoch
+        # (and every trial of a search) is validated on the same clips; made machine by machine so
+        # every pseudo outlier is scored against the banks of the machine it was made from
+        d = self.data
+        gen = torch.Generator().manual_seed(HELDOUT_OUTLIER_SEED)
+        xs, ys, machines = [], [], []
+        for machine in sorted(set(d.heldout_machine)):
+            normals = torch.from_numpy(d.heldout_normals[d.heldout_machine == machine].astype(np.float32))
+            outliers, _ = make_pseudo_outliers(normals, gen, dataclasses.replace(self.poe_cfg, ratio=1.0), self.pool)
+            xs += [normals.numpy(), outliers.numpy()]
+            ys += [np.zeros(len(normals)), np.ones(len(outliers))]
+            machines += [machine] * (len(normals) + len(outliers))
+        self.val_x = np.concatenate(xs).astype(np.float16)
+        self.val_y = np.concatenate(ys).astype(np.int64)
+        self.val_machine = np.array(machines, dtype=object)
 
     # ---- parameters -----------------------------------------------------------------------------
     def _freeze(self, n_frozen_blocks: int) -> None:
@@ -90,9 +133,9 @@ class FinetuneTrainer(AnomalyTrainer):
         loss = parts.total
         logs = {"loss_oe": parts.total.item(), "loss_normal": parts.normal_term.item(),
                 "loss_outlier": parts.outlier_term.item()}
-        if self.cfg.lambda_adv > 0:
+        if self.lambda_adv > 0:
             adv = domain_adversarial_loss(self.domain_clf(grad_reverse(z_normal, 1.0)), domains)
-            loss = combined_objective(parts.total, adv, self.cfg.lambda_adv)
+            loss = combined_objective(parts.total, adv, self.lambda_adv)
             logs["loss_adv"] = adv.item()
         return loss, logs, z
 
@@ -110,7 +153,7 @@ class FinetuneTrainer(AnomalyTrainer):
         self._set_train(True)
         sums: dict[str, float] = {}
         self.opt_f.zero_grad(set_to_none=True)
-        batch_ids = list(batches(self.data.n_train, cfg.batch_size, self.generator))
+        batch_ids = self._epoch_batch_ids()
         for b, idx in enumerate(batch_ids):
             normals = torch.from_numpy(self.data.train_base[self.data.train_index[idx]].astype(np.float32))
             domains = torch.from_numpy(self.data.train_domain[idx]).to(self.device)
@@ -131,13 +174,15 @@ class FinetuneTrainer(AnomalyTrainer):
                 self.opt_f.step()
                 self.opt_f.zero_grad(set_to_none=True)
             z_normal = z[~is_outlier].detach()
-            if cfg.lambda_adv > 0:
+            if self.lambda_adv > 0:
                 logs.update(self.domain_step(z_normal, domains))
             self.center = update_center(self.center, z_normal, cfg.center_momentum)
             logs["loss_total"] = loss.item()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
-        return {k: v / max(len(batch_ids), 1) for k, v in sums.items()}
+        out = {k: v / max(len(batch_ids), 1) for k, v in sums.items()}
+        out["optimizer_steps"] = -(-len(batch_ids) // cfg.accum_steps)
+        return out
 
     # ---- scoring --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -147,19 +192,27 @@ class FinetuneTrainer(AnomalyTrainer):
         out = [self._forward(to_tensor(features[i : i + bs], self.device)).cpu() for i in range(0, len(features), bs)]
         return torch.cat(out) if out else torch.zeros(0, self.cfg.emb_dim)
 
-    def knn_bank(self) -> dict[str, torch.Tensor]:
-        """Embeddings of the unique training normals, per domain (the k-NN score's reference set)."""
+    def training_embeddings(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Embeddings of the unique training normals with their domains (0/1) and machines: the material
+        every score is fitted on (never a validation or test clip)."""
         rows, dom = self._unique_training_rows()
-        z = self.embed(self.data.train_base[rows])
-        return {name: z[dom == i] for name, i in (("source", 0), ("target", 1)) if (dom == i).any()}
+        return self.embed(self.data.train_base[rows]), dom, self._training_machines(rows)
+
+    def scorer(self, score_cfg: ScoreConfig | None = None) -> EmbeddingScorer:
+        """The configured score (or ``score_cfg``) fitted on the current training embeddings."""
+        z, dom, machines = self.training_embeddings()
+        center = self._center_or_mean(z)
+        return EmbeddingScorer(score_cfg or ScoreConfig.of(self.cfg), center, seed=self.cfg.seed).fit(z, dom, machines)
+
+    def _center_or_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The tracked centre, or, where none was ever tracked (the margin objective with every clip of
+        every batch mixed or perturbed), the centre eq. 8 would start from: the normalised mean of the
+        training embeddings, so the cosine score always exists."""
+        return init_center(z).cpu() if self.center is None else self.center.detach().cpu()
 
     @torch.no_grad()
-    def score(self, features: np.ndarray, bank: dict[str, torch.Tensor] | None = None) -> np.ndarray:
-        z = self.embed(features)
-        if self.cfg.score == "knn" and bank is None:
-            bank = self.knn_bank()
-        center = None if self.center is None else self.center.cpu()
-        return embedding_scores(z, self.cfg.score, center, bank, self.cfg.knn_k).numpy()
+    def score(self, features: np.ndarray, machines=None) -> np.ndarray:
+        return self.scorer().score(self.embed(features), machines).numpy()
 
     # ---- state ------------------------------------------------------------------------------------
     def _model_state(self) -> dict:
@@ -185,7 +238,8 @@ class FinetuneTrainer(AnomalyTrainer):
         self.opt_d.load_state_dict(state["opt_d"])
 
     def export(self) -> dict:
-        """Weights and settings needed to score clips (see ``inference.AnomalyModel``)."""
+        """Weights, settings and the training embeddings every score is fitted on (see ``scoring.model``)."""
+        z, dom, machines = self.training_embeddings()
         return {
             "model_kind": self.encoder_cfg.kind,
             "encoder_config": self.encoder_cfg.to_dict(),
@@ -193,9 +247,13 @@ class FinetuneTrainer(AnomalyTrainer):
             "head_config": {"layers": list(self.head_layers), "emb_dim": self.cfg.emb_dim,
                             "hidden": self.cfg.head_hidden, "dropout": self.cfg.head_dropout},
             "head": self.head.state_dict(),
-            "center": self.center.detach().cpu().clone(),
-            "score": self.cfg.score,
-            "knn_k": self.cfg.knn_k,
-            "knn_bank": {k: v.clone() for k, v in self.knn_bank().items()},
+            "center": self._center_or_mean(z).clone(),
+            "score_config": ScoreConfig.of(self.cfg).to_dict(),
+            "train_embeddings": z.clone(),
+            "train_domains": [int(d) for d in dom],
+            "train_machines": [str(m) for m in machines],
+            "score_seed": int(self.cfg.seed),
             "finetune_config": self.cfg.to_dict(),
+            "lambda_adv_effective": self.lambda_adv,
+            "notes": list(self.notes),
         }

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from data.datasets import PretrainData, to_tensor
 from models import ClassificationHead, EncoderConfig, build_encoder
 
-from .base import autocast, batches, resolve_device
+from .base import autocast, batches, epoch_batches, resolve_device
 from .configs import PretrainConfig
 
 
@@ -40,7 +40,7 @@ class PretrainTrainer:
         self.head.train()
         n = len(self.data.train_y)
         total, correct, seen = 0.0, 0, 0
-        for idx in batches(n, cfg.batch_size, self.generator):
+        for idx in batches(n, cfg.batch_size, self.generator, epoch_batches(n, cfg.batch_size, cfg.min_steps_per_epoch)):
             self.optimizer.zero_grad(set_to_none=True)
             for mstart in range(0, len(idx), cfg.micro_batch_size):
                 mi = idx[mstart : mstart + cfg.micro_batch_size]

@@ -18,17 +18,23 @@ import yaml
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_csv, atomic_write_json, atomic_write_text, to_python
-from data.config import RunOptions
+from data.config import RunOptions, dcase_ae_features
 from data.datasets import DataError, feature_stats, load_feature_table, make_pretrain_data, read_manifests
 from data.features import FeatureConfig
 from models import EncoderConfig, load_checkpoint, save_checkpoint
 
-from ..evaluate.run import log
-from ..evaluate.submission import fit_gamma_threshold
+from ..evaluate.run import log, report_skipped
 from ..scoring.model import MODEL_KIND, AnomalyModel
-from .configs import FinetuneConfig, PretrainConfig
+from .configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
 from .pretrain import PretrainTrainer
-from .setup import PRETRAINED_KIND, FinetuneSetup, build_trainer, fit_encoder_to_features, load_pretrained, prepare_finetune
+from .setup import (
+    PRETRAINED_KIND,
+    FinetuneSetup,
+    build_ae_trainer,
+    build_trainer,
+    fit_encoder_to_features,
+    prepare_finetune,
+)
 
 CONFIG_FILE = "config.yaml"  # the effective configuration, written next to every run's outputs
 
@@ -69,7 +75,6 @@ def run_pretrain(
     ``encoder.pt`` (the best-validation-accuracy encoder, input to fine-tuning) and ``history.csv``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifests(data_roots)
     train_rows = manifest[(manifest["split"] == "train") & (manifest["label"] == "normal")]
     table = load_feature_table(train_rows.reset_index(drop=True), feature_cfg, opts.cache_dir, opts.on_bad_file,
@@ -80,12 +85,15 @@ def run_pretrain(
     mean, std = feature_stats(data.train_x)
     encoder_cfg = EncoderConfig.from_dict({**encoder_cfg.to_dict(), "input_mean": mean, "input_std": std})
     trainer = PretrainTrainer(cfg, encoder_cfg, data, opts.device)
+    state = load_resume_state(out, cfg)  # before anything is written over the earlier run's files
+    out.mkdir(parents=True, exist_ok=True)  # only once the data loaded: a failed start leaves no folder
+    report_skipped(table.skipped, opts.quiet)
     write_effective_config(out, pretrain=cfg, encoder=encoder_cfg, features=feature_cfg, run=opts,
                            job={"data": [str(d) for d in data_roots]})
     resume = out / "trainer_last.pt"
-    if resume.exists():
-        trainer.load_state_dict(load_checkpoint(resume))
-        log(f"resumed pre-training from epoch {trainer.epoch}", opts.quiet)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log(f"resuming the run in {out} from epoch {trainer.epoch} (its trainer_last.pt)", opts.quiet)
     log(f"pre-training on {len(data.train_y)} clips ({len(data.classes)} classes), validating on {len(data.val_y)}", opts.quiet)
     best = max((h.get("val_accuracy", -1) for h in trainer.history), default=-1.0)
     bar = tqdm(total=cfg.epochs, initial=trainer.epoch, desc="pretrain", unit="epoch", disable=opts.quiet)
@@ -116,39 +124,69 @@ def run_pretrain(
 # stage 2
 
 
+def selection_of(trainer) -> str:
+    """How the exported epoch was chosen: the data's validation, or a fixed budget (the last epoch)."""
+    return trainer.data.selection if trainer.early_stopping else "fixed budget"
+
+
+def selection_note(trainer) -> str:
+    if trainer.early_stopping or trainer.data.selection == "fixed budget":
+        return trainer.data.val_source
+    return f"fixed budget, the last epoch (the {trainer.data.val_source} is scored for the history only)"
+
+
 def export_model(trainer, setup: FinetuneSetup, threshold_percentile: float = 0.9) -> dict:
-    """The deployable checkpoint of a trained model (best validation epoch), with per-machine thresholds."""
+    """The deployable checkpoint of a trained model (the selected epoch) and how it was selected; the
+    decision thresholds are fitted when it is loaded (:class:`~bohb_search.scoring.model.AnomalyModel`)."""
     trainer.use_best()
     bundle = trainer.export()
     bundle.update({
         "kind": MODEL_KIND,
         "feature_config": setup.feature_cfg.to_dict(),
         "machines": list(setup.machines),
-        "val_source": trainer.data.val_source,
+        "selection": selection_of(trainer),  # validation part / whole test split / held-out normals / fixed budget
+        "val_source": selection_note(trainer),
         "best_epoch": trainer.best_epoch,
-        "best_val_auc": trainer.best_auc,
+        "best_val_score": trainer.best_score,
         "history": trainer.history,
+        "threshold_percentile": threshold_percentile,
     })
-    # decision threshold per machine: gamma fit to the scores of its unique training clips
-    model = AnomalyModel(bundle)
-    tt = trainer.data.train_table
-    thresholds = {}
-    for m in setup.machines:
-        rows = (tt.manifest["machine"] == m).to_numpy()
-        scores = model.score_features(tt.features[rows])
-        thresholds[m] = float(fit_gamma_threshold(scores, threshold_percentile))
-    bundle["thresholds"] = thresholds
-    bundle["threshold_percentile"] = threshold_percentile
+    bundle["thresholds"] = AnomalyModel(bundle).thresholds
     return bundle
 
 
+# what a resumed run may change: how long it trains (e.g. more epochs after a first look)
+RESUMABLE_TRAINING_CHANGES = ("epochs", "max_epochs")
+
+
+def load_resume_state(out: Path, cfg) -> dict | None:
+    """The complete state of an earlier run in ``out`` (``trainer_last.pt``), or None.
+
+    ``pretrain``, ``finetune`` and ``baseline`` continue the run they find in ``--out``; continuing it
+    with other settings would silently mix two runs, so a setting that differs from the saved one
+    (other than the number of epochs) is refused with one line naming each.
+    """
+    path = Path(out) / "trainer_last.pt"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    saved, given = state.get("config") or {}, cfg.to_dict()
+    diff = [f"{k} {given[k]!r} (saved: {saved[k]!r})" for k in sorted(saved)
+            if k in given and k not in RESUMABLE_TRAINING_CHANGES and to_python(saved[k]) != to_python(given[k])]
+    if diff:
+        raise DataError(f"{out}: holds an earlier run that this command would resume, with other settings: "
+                        f"{'; '.join(diff)}. Use the same settings, or another --out")
+    return state
+
+
 def train_to_completion(trainer, out_dir: Path | None = None, quiet: bool = False,
-                        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Step until early stopping or max_epochs, checkpointing the complete state each epoch."""
+                        on_epoch: Callable[[dict], None] | None = None, state: dict | None = None) -> list[dict]:
+    """Step until early stopping or max_epochs, checkpointing the complete state each epoch; ``state``
+    (from :func:`load_resume_state`) continues an earlier run."""
     resume = out_dir / "trainer_last.pt" if out_dir is not None else None
-    if resume is not None and resume.exists():
-        trainer.load_state_dict(load_checkpoint(resume))
-        log(f"resumed fine-tuning from epoch {trainer.epoch}", quiet)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log(f"resuming the run in {out_dir} from epoch {trainer.epoch} (its trainer_last.pt)", quiet)
     bar = tqdm(total=trainer.cfg.max_epochs, initial=trainer.epoch, desc="finetune", unit="epoch", disable=quiet)
     done = bool(trainer.history and trainer.history[-1].get("done"))
     while not done:
@@ -162,9 +200,19 @@ def train_to_completion(trainer, out_dir: Path | None = None, quiet: bool = Fals
         if on_epoch is not None:
             on_epoch(m)
         bar.update(1)
-        bar.set_postfix(loss=f"{m.get('loss_total', m.get('train_loss', 0)):.3f}", val_auc=f"{m['val_auc']:.3f}")
+        bar.set_postfix(loss=f"{m.get('loss_total', m.get('train_loss', 0)):.3f}",
+                        val_score=f"{m.get('val_score', float('nan')):.3f}")
     bar.close()
     return trainer.history
+
+
+def _report(trainer, bundle: dict, setup: FinetuneSetup, extra: dict) -> dict:
+    return {
+        "machines": setup.machines, **extra, "selection": selection_of(trainer), "validation": selection_note(trainer),
+        "best_epoch": trainer.best_epoch, "best_val_score": trainer.best_score, "epochs_run": trainer.epoch,
+        "thresholds": bundle["thresholds"], "notes": bundle.get("notes", []),
+        "skipped_files": [{"path": p, "reason": r} for p, r in setup.table.skipped],
+    }
 
 
 def run_finetune(
@@ -176,43 +224,74 @@ def run_finetune(
     pretrained: str | Path | None = None,
     encoder_cfg: EncoderConfig | None = None,
     feature_cfg: FeatureConfig | None = None,
-    model_kind: str = "ssm",
     threshold_percentile: float = 0.9,
     opts: RunOptions = RunOptions(),
 ) -> Path:
     """Fine-tune one model (one machine, or several pooled = generalized); returns ``model.pt``.
 
     ``pretrained`` is the stage-1 encoder; without it the encoder is built from ``encoder_cfg`` and
-    trained from scratch. ``model_kind="ae"`` trains the DCASE autoencoder baseline instead, on the
-    features of the pre-trained checkpoint when one is given (so both systems read the same input).
-    An existing ``out_dir/trainer_last.pt`` is resumed.
+    trained from scratch. An existing ``out_dir/trainer_last.pt`` is resumed.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if model_kind == "ae":
-        if pretrained is not None:  # the baseline reads the same features as the model it is compared with
-            feature_cfg = load_pretrained(pretrained)[2]
-        pretrained, encoder_cfg = None, None
-    elif pretrained is None and encoder_cfg is None:
+    if pretrained is None and encoder_cfg is None:
         raise DataError("from-scratch fine-tuning needs an encoder config (--preset …)")
     setup = prepare_finetune(data_roots, machines, pretrained, encoder_cfg, feature_cfg, opts.cache_dir,
                              opts.on_bad_file, opts.quiet)
-    trainer = build_trainer(setup, cfg, model_kind, opts.device)
+    trainer = build_trainer(setup, cfg, opts.device)
+    state = load_resume_state(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    report_skipped(setup.table.skipped, opts.quiet)
     write_effective_config(out, finetune=cfg, encoder=setup.encoder_cfg, features=setup.feature_cfg, run=opts,
-                           job={"model_kind": model_kind, "machines": list(setup.machines),
-                                "data": [str(d) for d in data_roots],
+                           job={"machines": list(setup.machines), "data": [str(d) for d in data_roots],
                                 "pretrained": None if pretrained is None else str(pretrained),
                                 "threshold_percentile": threshold_percentile})
-    log(f"fine-tuning {model_kind} on {', '.join(setup.machines)}: {trainer.data.n_train} balanced training clips; "
-         f"validation: {trainer.data.val_source}", opts.quiet)
-    train_to_completion(trainer, out, opts.quiet)
+    for note in trainer.notes:
+        log(f"note: {note}", opts.quiet)
+    log(f"fine-tuning on {', '.join(setup.machines)}: {trainer.data.n_train} balanced training clips; "
+        f"model selection: {trainer.data.val_source}", opts.quiet)
+    train_to_completion(trainer, out, opts.quiet, state=state)
     bundle = export_model(trainer, setup, threshold_percentile)
     save_checkpoint(out / "model.pt", bundle)
-    atomic_write_json(out / "finetune_report.json", {
-        "machines": setup.machines, "model_kind": model_kind, "config": cfg.to_dict(), "variant": cfg.variant,
-        "validation": trainer.data.val_source, "best_epoch": trainer.best_epoch, "best_val_auc": trainer.best_auc,
-        "epochs_run": trainer.epoch, "thresholds": bundle["thresholds"],
-    }, sort_keys=True)
-    log(f"best validation AUC {trainer.best_auc:.4f} at epoch {trainer.best_epoch} ({trainer.data.val_source}); "
-         f"wrote {out / 'model.pt'}", opts.quiet)
+    atomic_write_json(out / "finetune_report.json", _report(trainer, bundle, setup, {
+        "model_kind": "ssm", "config": cfg.to_dict(), "variant": cfg.variant,
+        "lambda_adv_effective": trainer.lambda_adv}), sort_keys=True)
+    log(f"selected epoch {trainer.best_epoch} (validation score {trainer.best_score:.4f}; {trainer.data.val_source}); "
+        f"wrote {out / 'model.pt'}", opts.quiet)
+    return out / "model.pt"
+
+
+def run_ae_baseline(
+    cfg: AEBaselineConfig,
+    data_roots: Sequence[str | Path],
+    out_dir: str | Path,
+    machines: Sequence[str] | None,
+    *,
+    seconds: float = 10.0,
+    threshold_percentile: float = 0.9,
+    opts: RunOptions = RunOptions(),
+) -> Path:
+    """Train the DCASE AE baseline (its own recipe and features) for one machine or several; returns ``model.pt``.
+
+    Several machines make one model trained on all their clips; per-machine baselines, as DCASE runs them,
+    are one call per machine. An existing ``out_dir/trainer_last.pt`` is resumed.
+    """
+    out = Path(out_dir)
+    feature_cfg = dcase_ae_features(seconds)
+    setup = prepare_finetune(data_roots, machines, None, None, feature_cfg, opts.cache_dir, opts.on_bad_file,
+                             opts.quiet, other_machines=False)
+    trainer = build_ae_trainer(setup, cfg, opts.device)
+    state = load_resume_state(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    report_skipped(setup.table.skipped, opts.quiet)
+    write_effective_config(out, baseline=cfg, features=feature_cfg, run=opts,
+                           job={"machines": list(setup.machines), "data": [str(d) for d in data_roots],
+                                "threshold_percentile": threshold_percentile})
+    log(f"DCASE AE baseline on {', '.join(setup.machines)}: {len(trainer.train_vectors)} training vectors of "
+        f"{len(trainer.features)} clips ({len(trainer.heldout_vectors)} held out), {cfg.max_epochs} epochs", opts.quiet)
+    train_to_completion(trainer, out, opts.quiet, state=state)
+    bundle = export_model(trainer, setup, threshold_percentile)
+    save_checkpoint(out / "model.pt", bundle)
+    atomic_write_json(out / "finetune_report.json", _report(trainer, bundle, setup, {
+        "model_kind": "ae", "config": cfg.to_dict()}), sort_keys=True)
+    log(f"trained {trainer.epoch} epochs; wrote {out / 'model.pt'}", opts.quiet)
     return out / "model.pt"

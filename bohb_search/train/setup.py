@@ -3,6 +3,7 @@ machines' clips, and the trainer built from them (shared by ``finetune``, search
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +20,9 @@ from data.features import FeatureConfig
 from models import EncoderConfig, load_checkpoint
 
 from .autoencoder import AETrainer
-from .configs import FinetuneConfig
+from .configs import AEBaselineConfig, FinetuneConfig
 from .finetune import FinetuneTrainer
+from .margin import MarginTrainer
 
 PRETRAINED_KIND = "pretrained_encoder"
 
@@ -45,7 +47,12 @@ def load_pretrained(path: str | Path) -> tuple[EncoderConfig, dict, FeatureConfi
     if ckpt.get("kind") != PRETRAINED_KIND:
         raise DataError(f"{path}: not a pre-trained encoder checkpoint (kind={ckpt.get('kind')!r}); "
                         "pass the encoder.pt written by `pretrain`")
-    return EncoderConfig.from_dict(ckpt["encoder_config"]), ckpt["encoder"], FeatureConfig.from_dict(ckpt["feature_config"])
+    try:
+        return (EncoderConfig.from_dict(ckpt["encoder_config"]), ckpt["encoder"],
+                FeatureConfig.from_dict(ckpt["feature_config"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        what = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0][:200]
+        raise DataError(f"{path}: a damaged or foreign encoder checkpoint ({what})") from None
 
 
 @dataclass
@@ -68,8 +75,10 @@ def prepare_finetune(
     cache_dir: str | Path | None = None,
     on_bad_file: str = "fail",
     quiet: bool = False,
+    other_machines: bool = True,
 ) -> FinetuneSetup:
-    """Load features (from the cache) for the machines' train/test clips and the outlier pool."""
+    """Load features (from the cache) for the machines' train/test clips and, with ``other_machines``,
+    the other machines' normal training clips (the pseudo-outlier pool)."""
     if pretrained is not None:
         encoder_cfg, encoder_state, feature_cfg = load_pretrained(pretrained)
     else:  # from scratch, or the AE baseline (encoder_cfg None: no encoder at all)
@@ -82,8 +91,10 @@ def prepare_finetune(
     if unknown:
         raise DataError(f"--machine: no clips for {', '.join(unknown)} under {', '.join(map(str, data_roots))} "
                         f"(found: {', '.join(all_machines)})")
-    wanted = ((manifest["split"] == "train") & (manifest["label"] == "normal")) | (
-        manifest["machine"].isin(machines) & (manifest["split"] == "test"))
+    train_normal = (manifest["split"] == "train") & (manifest["label"] == "normal")
+    if not other_machines:
+        train_normal &= manifest["machine"].isin(machines)
+    wanted = train_normal | (manifest["machine"].isin(machines) & (manifest["split"] == "test"))
     table = load_feature_table(manifest[wanted].reset_index(drop=True), feature_cfg, cache_dir, on_bad_file,
                                progress=not quiet)
     if encoder_cfg is not None:
@@ -95,9 +106,17 @@ def prepare_finetune(
     return FinetuneSetup(table, machines, encoder_cfg, encoder_state, feature_cfg)
 
 
-def build_trainer(setup: FinetuneSetup, cfg: FinetuneConfig, model_kind: str = "ssm", device: str = "auto",
-                  validation: str = "auto"):
-    data = make_finetune_data(setup.table, setup.machines, seed=cfg.seed, validation=validation)
-    if model_kind == "ae":
-        return AETrainer(cfg, data, device=device)
-    return FinetuneTrainer(cfg, setup.encoder_cfg, data, setup.encoder_state, device=device)
+def build_trainer(setup: FinetuneSetup, cfg: FinetuneConfig, device: str = "auto",
+                  validation: str = "auto") -> FinetuneTrainer:
+    data = make_finetune_data(setup.table, setup.machines, seed=cfg.seed, validation=validation,
+                              heldout_fraction=cfg.heldout_fraction, heldout_floor=cfg.heldout_floor,
+                              select_on_all=cfg.select_on_all)
+    trainer = MarginTrainer if cfg.objective == "margin" else FinetuneTrainer
+    return trainer(cfg, setup.encoder_cfg, data, setup.encoder_state, device=device)
+
+
+def build_ae_trainer(setup: FinetuneSetup, cfg: AEBaselineConfig, device: str = "auto") -> AETrainer:
+    """The AE baseline never holds clips out (its own recipe holds out vectors); the validation part of a
+    labelled test split is scored for its history only."""
+    data = make_finetune_data(setup.table, setup.machines, seed=cfg.seed, heldout_floor=sys.maxsize)
+    return AETrainer(cfg, data, device=device)

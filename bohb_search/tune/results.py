@@ -48,7 +48,7 @@ def trials_table(result_grid, settings: SearchSettings) -> pd.DataFrame:
     if picks_path.exists() and "trial_id" in table:
         picks = pd.read_csv(picks_path, dtype={"trial_id": str})
         table = table.merge(picks.drop_duplicates("trial_id", keep="last"), on="trial_id", how="left")
-    keep_first = ["trial_id", "status", "epoch", "val_auc", METRIC, "error"]
+    keep_first = ["trial_id", "status", "epoch", "val_score", METRIC, "val_auc", "error"]
     cols = [c for c in keep_first if c in table] + sorted(c for c in table if c not in keep_first)
     drop = {"config", "hostname", "node_ip", "pid", "date", "checkpoint_dir_name", "should_checkpoint"}
     return table[[c for c in cols if c not in drop]]
@@ -67,7 +67,7 @@ def best_config(table: pd.DataFrame, space: SearchSpace, settings: SearchSetting
         "search": settings.name,
         "hyperparameters": hp,
         "finetune_config": cfg.to_dict(),
-        "metric": {"name": METRIC, "value": float(row[METRIC]), "val_auc_at_budget": float(row.get("val_auc", math.nan))},
+        "metric": {"name": METRIC, "value": float(row[METRIC]), "val_score_at_budget": float(row.get("val_score", math.nan))},
         "budget_epochs": int(row["epoch"]),
         "trial_id": str(row["trial_id"]),
         "space_file": str(space.path),

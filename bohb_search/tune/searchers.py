@@ -10,6 +10,7 @@ and a stopper that ends a search at a total epoch budget.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from data.atomic import atomic_write_text, to_python
@@ -174,3 +175,48 @@ def make_searcher_and_scheduler(settings: SearchSettings, space: SearchSpace):
     else:
         scheduler = FIFOScheduler()
     return searcher, scheduler
+
+
+def _successive_halving(live: int, n0: int, r0: int, halves: int, max_t: int, eta: int) -> int:
+    """Iterations trained by one bracket of ``live`` trials (of ``n0`` places) starting at budget ``r0``;
+    a paused trial resumes from its checkpoint, so a promotion trains only the difference."""
+    total, n, r = live * r0, n0, r0
+    for _ in range(halves):
+        n = math.ceil(n / eta)
+        live = min(live, n)
+        r_next = min(r * eta, max_t)
+        total += live * (r_next - r)
+        r = r_next
+    return total
+
+
+def planned_iterations(settings: SearchSettings) -> int:
+    """Tune iterations the search's scheduler plans for ``num_samples`` trials (before early stopping).
+
+    HyperBandForBOHB (both "hyperband" schedulers) fills its largest bracket first: with max_t = 81 and
+    η = 3 that bracket has 81 places starting at 1 iteration, so 27 trials train 27·3 + 9·6 + 3·18 + 1·54
+    = 243 iterations (Ray keeps ceil(n/η) of the bracket's PLACES at each rung, hence all 27 reach 3).
+    ASHA is planned as one such bracket of num_samples places; FIFO trains every trial to max_t.
+    """
+    max_t = settings.max_epochs // settings.min_epochs
+    eta, remaining = settings.eta, settings.num_samples
+    if settings.scheduler == "fifo":
+        return remaining * max_t
+    if settings.scheduler == "asha":
+        halves = max(0, round(math.log(max_t) / math.log(eta)))
+        return _successive_halving(remaining, remaining, 1, halves, max_t, eta)
+    s_max_1 = round(math.log(max_t) / math.log(eta)) + 1  # as ray.tune.schedulers.HyperBandScheduler
+    total, band = 0, 0
+    while remaining > 0:
+        if band == s_max_1:
+            band = 0
+        s = s_max_1 - band - 1
+        band += 1
+        r0 = int(max_t * eta ** (-s))
+        if r0 == 0:
+            continue
+        n0 = math.ceil(s_max_1 / (s + 1) * eta**s)
+        live = min(n0, remaining)
+        remaining -= live
+        total += _successive_halving(live, n0, r0, s, max_t, eta)
+    return total

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..train.configs import FinetuneConfig, strict_from_dict
 
-METRIC = "best_val_auc"  # validation AUC of the best epoch so far (what final-train keeps)
+METRIC = "best_val_score"  # validation score of the selected epoch so far (what final-train keeps)
 SEARCHERS = ("bohb", "random")
 SCHEDULERS = ("hyperband_bohb", "hyperband", "asha", "fifo")
 DEFAULT_SEARCHES_DIR = Path("results/searches")

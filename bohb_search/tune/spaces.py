@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from data.atomic import to_python
+from data.config import load_yaml
 
 from ..train.configs import FinetuneConfig
 
@@ -96,7 +97,7 @@ def load_search_space(path: str | Path, depth: int | None = None, seed: int | No
         raise SearchSpaceError(f"{path}: search-space file not found")
     raw = path.read_bytes()
     try:
-        doc = yaml.safe_load(raw)
+        doc = load_yaml(raw.decode("utf-8", errors="replace"))
     except yaml.YAMLError as err:
         raise SearchSpaceError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("hyperparameters"), dict) or not doc["hyperparameters"]:
@@ -180,7 +181,41 @@ def load_search_space(path: str | Path, depth: int | None = None, seed: int | No
             raise SearchSpaceError(f"{path}: '{name}' is both searched and fixed")
     space = SearchSpace(str(doc.get("name") or path.stem), path, hashlib.sha256(raw).hexdigest(), cs, dict(fixed))
     try:  # a fixed value FinetuneConfig rejects is a file error, not a crash at trial time
-        space.to_finetune_config(dict(cs.get_default_configuration()))
-    except ValueError as err:
-        raise SearchSpaceError(f"{path}: {err}") from None
+        space.to_finetune_config({})
+    except (ValueError, TypeError) as err:
+        raise SearchSpaceError(f"{path}: 'fixed': {' '.join(str(err).split())}") from None
+    _check_every_value(path, doc["hyperparameters"], space, depth)
     return space
+
+
+def _values_to_check(spec: dict, depth: int | None) -> list:
+    """Both ends of a range, every choice of a categorical, the value of a constant."""
+    kind = spec["type"]
+    if kind == "categorical":
+        return list(spec["choices"])
+    if kind == "constant":
+        return [spec["value"]]
+    upper = depth if spec["upper"] == "depth" else spec["upper"]
+    return [spec["lower"], upper]
+
+
+def _check_every_value(path: Path, hyperparameters: dict, space: SearchSpace, depth: int | None) -> None:
+    """Each value a trial could draw must be one FinetuneConfig accepts: checked here, when the file is
+    loaded, not in the middle of a search."""
+    import typing
+
+    types = typing.get_type_hints(FinetuneConfig)
+    for name, spec in hyperparameters.items():
+        if spec["type"] == "float" and types.get(name) is int:
+            raise SearchSpaceError(f"{path}: hyperparameter '{name}': an integer setting cannot be searched as "
+                                   "type float (a trial would draw a fraction); use type int")
+        for value in _values_to_check(spec, depth):
+            if name == "unfreeze_k" and depth is not None and isinstance(value, (int, float)) and value > depth:
+                raise SearchSpaceError(f"{path}: hyperparameter 'unfreeze_k': {value} exceeds the encoder depth "
+                                       f"{depth} (use 'upper: depth')")
+            try:
+                space.to_finetune_config({name: value})
+            except (ValueError, TypeError) as err:
+                reason = " ".join(str(err).split())
+                raise SearchSpaceError(f"{path}: hyperparameter '{name}': value {value!r} is not accepted "
+                                       f"({reason})") from None

@@ -39,6 +39,16 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def mlflow_ui_command(uri: str) -> str:
+    """The command that opens ``uri`` in the MLflow UI, with the ``mlflow`` of this environment (a bare
+    ``mlflow`` may be another install, or none, outside the activated venv)."""
+    import shlex
+    import sys
+
+    exe = Path(sys.executable).parent / "mlflow"
+    return f"{shlex.quote(str(exe))} ui --backend-store-uri {shlex.quote(uri)} --port 5000"
+
+
 def artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a local (sqlite) store go next to the database, not into ./mlruns of whatever
     directory the command ran in; a tracking server decides for itself (None)."""
@@ -48,16 +58,26 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view; these experiments are
+# model training, whose runs, metrics and compare pages live in the "custom model development" view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def get_or_create_experiment(client, name: str, uri: str) -> str:
     import mlflow
 
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-    except mlflow.exceptions.MlflowException:  # created concurrently by another process
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location(uri, name),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # created concurrently by another process
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        return exp_id
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an earlier version
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def client(uri: str):
@@ -140,16 +160,17 @@ class MLflowTrialCallback(Callback):
         self.tracker: SearchTracker | None = None
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._node: dict[str, str] = {}
 
     # Ray pickles callbacks with the experiment state; the MLflow client is rebuilt on setup
     def __getstate__(self):
-        return {**self.__dict__, "tracker": None, "_runs": {}, "_last_step": {}}
+        return {**self.__dict__, "tracker": None, "_runs": {}, "_last_step": {}, "_node": {}}
 
     def setup(self, **info):
         self.tracker = SearchTracker(self.tracking_uri, self.experiment, self.search_name)
         self._runs = self.tracker.trial_runs()
         for trial_id, run_id in self._runs.items():  # resume: continue after the last logged epoch
-            hist = self.tracker.client.get_metric_history(run_id, "val_auc")
+            hist = self.tracker.client.get_metric_history(run_id, "val_score")
             self._last_step[trial_id] = max((m.step for m in hist), default=0)
 
     def _run_for(self, trial) -> str:
@@ -185,6 +206,10 @@ class MLflowTrialCallback(Callback):
                    and math.isfinite(v)]
         self.tracker.client.log_batch(run_id, metrics=metrics)
         self._last_step[trial.trial_id] = step
+        node = result.get("node_id")
+        if node and self._node.get(trial.trial_id) != node:  # where it ran (a paused trial may move)
+            self.tracker.client.set_tag(run_id, "ray_node_id", node)
+            self._node[trial.trial_id] = node
         self.tracker.client.set_tag(run_id, "budget_epochs", str(step))
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -10,6 +10,15 @@ from pathlib import Path
 
 from ..train.configs import FinetuneConfig
 
+# the metrics a result dict starts with: Ray Tune's progress table shows the first four numeric
+# entries of a trial's result, so these are what a user watching a search sees
+PROGRESS_COLUMNS = ("val_score", "best_val_score", "val_auc_source", "val_auc_target")
+
+
+def progress_first(metrics: dict) -> dict:
+    """``metrics`` reordered so the progress table shows the optimised metric and the domain AUCs."""
+    return {**{k: metrics[k] for k in PROGRESS_COLUMNS if k in metrics}, **metrics}
+
 
 def make_trainable():
     """The Ray Tune class trainable (built lazily so importing this module does not import Ray)."""
@@ -29,12 +38,15 @@ def make_trainable():
             torch.set_num_threads(max(1, int(threads)))
             self._args = (ft_setup, space, base_config, device)
             self.epochs_per_iteration = epochs_per_iteration
+            import ray
+
+            self.node_id = ray.get_runtime_context().get_node_id()
             self._build(config)
 
         def _build(self, config):
             ft_setup, space, base_config, device = self._args
             cfg = space.to_finetune_config(dict(config), FinetuneConfig.from_dict(base_config))
-            self.trainer = build_trainer(ft_setup, cfg, "ssm", device)
+            self.trainer = build_trainer(ft_setup, cfg, device)
             self.restored_from_epoch = 0
             # testing hook (fault injection): trials whose lr exceeds this value raise at their first step
             limit = os.environ.get("BOHB_SEARCH_INJECT_FAULT_LR_ABOVE")
@@ -57,7 +69,8 @@ def make_trainable():
                 # early-stopped, or the full budget reached: Tune ends the trial (needed without a
                 # Hyperband scheduler, e.g. random search + FIFO, which never stops a trial itself)
                 m["done"] = True
-            return m
+            m["node_id"] = self.node_id  # which Ray node ran this step (trials.csv; cluster tests)
+            return progress_first(m)
 
         def reset_config(self, new_config):
             """Actor reuse: a new trial in this worker process gets a fresh trainer (data stay loaded)."""

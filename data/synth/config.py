@@ -15,7 +15,7 @@ DOMAINS = ("source", "target")
 LABELS = ("normal", "anomaly")
 SECTION = "00"
 MANIFEST_NAME = "synth_manifest.csv"
-SEVERITY_RANGE = (0.35, 1.0)  # anomaly strength multiplier drawn per clip: some faults are faint
+SEVERITY_RANGE = (0.6, 1.3)  # anomaly strength multiplier drawn per clip: some faults are faint (calibrated, see TARGET_SITE)
 MIN_SECONDS = 0.1
 
 

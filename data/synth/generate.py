@@ -203,23 +203,41 @@ class _Fault:
 # --------------------------------------------------------------------------------------------
 
 
+# The target site: how its recording conditions differ from the source workshop's (the domain shift).
+# Calibrated with the faithful DCASE AE baseline (100 epochs, 100 source + 10 target clips per machine,
+# report half of 50 clips per test cell): with these values and SEVERITY_RANGE (0.6, 1.3) it scores an
+# official ~0.58 on ToyCar, bearing and fan (target AUC ~0.45, as real fan) and ~0.74 on the other four,
+# near the ~0.64 of the official code on a realistic held-out synthetic set; the first values (SNR 2-10 dB,
+# tilt 0.3-0.7, drone 0.1-0.5, knocks 0.2-0.8/s, severity 0.35-1.0) left it at ~0.53, too close to chance
+# for a benchmark to show progress.
+TARGET_SITE = {
+    "snr_db": (5.0, 13.0),  # machine level over the ambience (source: 6-16 dB)
+    "tilt": (0.6, 1.0),  # spectral slope of the ambience (source: 0.8-1.3, darker)
+    "air_gain": (0.5, 1.5),  # compressed-air band 1.5-3.5 kHz
+    "drone_gain": (0.05, 0.25),  # a neighbouring machine's harmonic drone
+    "knock_rate": (0.1, 0.4),  # distant impacts per second
+    "knock_gain": (0.3, 1.0),
+}
+
+
 def _background(ctx: _Ctx, rng: np.random.Generator, domain: str) -> np.ndarray:
     """Unit-scale factory ambience.
 
     Source: a workshop with pink-ish ventilation noise and mains hum. Target: another site — a
     flatter, brighter spectrum, a neighbouring machine's harmonic drone and occasional distant
-    impacts. Both vary per clip (tilt, hum frequency/level, drone pitch).
+    impacts (:data:`TARGET_SITE`). Both vary per clip (tilt, hum frequency/level, drone pitch).
     """
     f = ctx.f
     fpos = np.maximum(f, 20.0)
+    site = TARGET_SITE
     if domain == "source":
         tilt = rng.uniform(0.8, 1.3)
         shape = fpos ** (-tilt / 2) * _highpass(f, 25.0) * _lowpass(f, rng.uniform(5000, 7500), 2)
         shape = shape * (1.0 + rng.uniform(0.5, 2.0) * _bump(f, rng.uniform(80, 200), 0.6))  # HVAC rumble
     else:
-        tilt = rng.uniform(0.3, 0.7)
+        tilt = rng.uniform(*site["tilt"])
         shape = fpos ** (-tilt / 2) * _highpass(f, 40.0) * _lowpass(f, rng.uniform(6000, 7800), 2)
-        shape = shape * (1.0 + rng.uniform(1.0, 3.0) * _bump(f, rng.uniform(1500, 3500), 0.8))  # compressed air
+        shape = shape * (1.0 + rng.uniform(*site["air_gain"]) * _bump(f, rng.uniform(1500, 3500), 0.8))  # compressed air
     x = _noise(rng, ctx, shape)
     mains = 50.0 if rng.random() < 0.5 else 60.0
     hum_amp = rng.uniform(0.05, 0.25)
@@ -230,11 +248,11 @@ def _background(ctx: _Ctx, rng: np.random.Generator, domain: str) -> np.ndarray:
         f0 = rng.uniform(90, 260)
         cyc = _cycles(ctx, f0 * (1 + 0.004 * _slow(rng, ctx, 0.5)), rng.random())
         nh = _max_harmonics(ctx.sr, f0 * 1.02, 12)
-        amps = rng.uniform(0.1, 0.5) * rng.uniform(0.2, 1.0, nh) / np.arange(1, nh + 1) ** 0.8
+        amps = rng.uniform(*site["drone_gain"]) * rng.uniform(0.2, 1.0, nh) / np.arange(1, nh + 1) ** 0.8
         x += _harmonic_stack(cyc, amps, rng.uniform(0, 2 * np.pi, nh))
         knock = _modal_kernel(ctx.sr, [(rng.uniform(300, 900), 0.03, 1.0), (rng.uniform(1500, 3000), 0.01, 0.5)], 0.12)
-        times = _poisson_times(rng, ctx, rng.uniform(0.2, 0.8))
-        x += _place(ctx, times, rng.uniform(0.5, 2.0, times.size), knock)
+        times = _poisson_times(rng, ctx, rng.uniform(*site["knock_rate"]))
+        x += _place(ctx, times, rng.uniform(*site["knock_gain"], times.size), knock)
     return x
 
 
@@ -249,7 +267,7 @@ class _MachineSpec:
     attributes: Mapping[str, Mapping[str, tuple[str, ...]]]  # domain -> key -> allowed values
     anomaly_kinds: tuple[str, ...]
     render: Callable[..., np.ndarray]  # (ctx, attrs, domain, rng, fault | None) -> machine sound
-    snr_db: Mapping[str, tuple[float, float]] = field(default_factory=lambda: {"source": (6.0, 16.0), "target": (2.0, 10.0)})
+    snr_db: Mapping[str, tuple[float, float]] = field(default_factory=lambda: {"source": (6.0, 16.0)})
 
     def keys(self) -> tuple[str, ...]:
         return tuple(self.attributes["source"].keys())
@@ -914,7 +932,7 @@ def _render(machine, domain, label, entropy, seconds, sample_rate, attrs=None, a
     machine_sound = spec.render(ctx, attrs, domain, normal_rng, fault)
     # background and recording gain come from the normal stream after the machine, so the fault
     # never changes them; SNR is drawn against the machine's nominal (calibrated ~unit) level
-    snr = normal_rng.uniform(*spec.snr_db[domain])
+    snr = normal_rng.uniform(*(spec.snr_db["source"] if domain == "source" else TARGET_SITE["snr_db"]))
     ambience = _background(ctx, normal_rng, domain) * _db(-snr)
     gain = _RECORDING_RMS * _db(normal_rng.uniform(-_GAIN_JITTER_DB, _GAIN_JITTER_DB))
     wave = np.clip((machine_sound + ambience) * gain, -1.0, 1.0).astype(np.float32)

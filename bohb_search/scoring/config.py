@@ -1,0 +1,71 @@
+"""How embeddings become anomaly scores (torch-free, so the command line and the search spaces read it).
+
+``FinetuneConfig`` inherits these fields, so a score is chosen, searched and recorded under the same
+names everywhere (``--score knn --knn-k 3 --density-k 1``), and ``evaluate --score …`` re-scores a saved
+model with another setting without retraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+SCORES = ("cosine", "knn")
+
+
+@dataclass
+class ScoreConfig:
+    """An anomaly score of embeddings; every statistic it uses comes from the training clips only."""
+
+    score: Literal["cosine", "knn"] = "cosine"  # 1 − cos to the centre (paper), or k-NN over separate source/target banks, min over banks
+    knn_k: int = 1  # k-NN: neighbours averaged per bank
+    source_bank: Literal["all", "kmeans"] = "all"  # k-NN: every source training clip, or k-means centres of them
+    n_centres: int = 16  # k-NN with source_bank kmeans: centres per machine
+    target_augment: Literal["none", "interpolate", "mix"] = "none"  # k-NN: enlarge the target bank by interpolating target embeddings, or mixing each with a near source one
+    augment_ratio: float = 0.2  # target bank grown to this share of the source clip count (when target_augment is set)
+    density_k: int = 0  # local density normalisation: distance / mean distance of the bank point to its K nearest other bank points; 0 = off
+    standardise: bool = False  # per bank: standardise by the mean and std of the training clips' leave-one-out scores
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.source_bank not in ("all", "kmeans"):
+            raise ValueError(f"source_bank must be 'all' or 'kmeans', got {self.source_bank!r}")
+        if self.target_augment not in ("none", "interpolate", "mix"):
+            raise ValueError(f"target_augment must be 'none', 'interpolate' or 'mix', got {self.target_augment!r}")
+        for name, low in (("knn_k", 1), ("n_centres", 1), ("density_k", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.augment_ratio, (int, float)) and 0 < self.augment_ratio <= 10):
+            raise ValueError(f"augment_ratio must be in (0, 10], got {self.augment_ratio!r}")
+        if not isinstance(self.standardise, bool):
+            raise ValueError(f"standardise must be true or false, got {self.standardise!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, cfg) -> "ScoreConfig":
+        """The score settings of any config that carries them (a FinetuneConfig, a dict)."""
+        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+        defaults = cls()
+        return cls(**{f.name: get(f.name, getattr(defaults, f.name)) for f in fields(cls)})
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: ``cosine``, ``knn``, ``knn-k3-kmeans16-interp-dens1-std`` …"""
+        if self.score == "cosine":
+            return "cosine"
+        parts = ["knn"]
+        if self.knn_k != 1:
+            parts.append(f"k{self.knn_k}")
+        if self.source_bank == "kmeans":
+            parts.append(f"kmeans{self.n_centres}")
+        if self.target_augment != "none":
+            parts.append({"interpolate": "interp", "mix": "mix"}[self.target_augment])
+        if self.density_k:
+            parts.append(f"dens{self.density_k}")
+        if self.standardise:
+            parts.append("std")
+        return "-".join(parts)
