@@ -1,13 +1,15 @@
 """Detection quality on the 7-machine synthetic benchmark: the faithful DCASE AE baseline (MSE, MAHALA)
-beside the paper's system with each anomaly score, several seeds, report half of the test split only.
+beside the paper's system (pOE + GRL) and the angular-margin objective with each anomaly score, several
+seeds, report half of the test split only.
 
-    .venv/bin/python -m bench.detection --data results/bench/det/data --seeds 0 1 2 [--systems ae paper]
+    .venv/bin/python -m bench.detection --data results/bench/det/data --seeds 0 1 2 [--systems ae paper margin]
 
 The data set is made once by ``data synth --train-source 100 --train-target 10 --test-per-cell 50`` (or the
 sizes given). Per seed: the AE baseline per machine (its official recipe, 100 epochs), one pre-training
 on every machine's normal training clips, and one fine-tuning per machine, selected on the validation
 half of the labelled test split with ``--select-score``; each fine-tuned model is then re-scored with every
-score of ``SCORES`` (no retraining). Every number is computed on the report half, which no model and no
+score of ``SCORES`` (no retraining). With both objectives, their score-level ensemble (each model standardised
+on its own training clips) is scored with ``--select-score`` too. Every number is computed on the report half, which no model and no
 epoch was selected on. Finished runs are reused, so the benchmark can be resumed.
 
 Writes ``runs.csv`` (system × seed × machine), ``summary.csv`` / ``summary.md`` (mean ± std over seeds) and the
@@ -86,7 +88,9 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
             rows.append({"system": f"DCASE AE ({'MSE' if score == 'mse' else 'MAHALA'})", "seed": seed,
                          **evaluate_part(pd.concat(frames))})
         timings.setdefault("ae", []).append(time.perf_counter() - t0)
-    if "paper" in args.systems:
+    objectives = [(name, objective) for name, objective in (("paper", "poe"), ("margin", "margin"))
+                  if name in args.systems]
+    if objectives:
         t0 = time.perf_counter()
         pre = root / "pretrain" / "encoder.pt"
         if not pre.exists():
@@ -95,21 +99,35 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
                          [args.data], pre.parent, encoder_preset("tiny", dim=args.dim, depth=args.depth),
                          FeatureConfig(), opts)
         timings.setdefault("pretrain", []).append(time.perf_counter() - t0)
+    for name, objective in objectives:
+        # the same encoder and fine-tuning settings; only the stage-2 objective differs
         t0 = time.perf_counter()
-        ft = FinetuneConfig.from_dict({**json.loads(args.finetune), "seed": seed, **SCORES[args.select_score]})
+        ft = FinetuneConfig.from_dict({**json.loads(args.finetune), "seed": seed, "objective": objective,
+                                       **SCORES[args.select_score]})
         per_score = {s: [] for s in SCORES}
         for m in machines:
-            model = root / "paper" / m / "model.pt"
+            model = root / name / m / "model.pt"
             if not model.exists():
                 run_finetune(ft, [args.data], model.parent, [m], pretrained=pre, opts=opts)
             for label, fields in SCORES.items():
-                ev = root / "paper" / m / f"eval-{label}"
+                ev = root / name / m / f"eval-{label}"
                 if not (ev / "scores.csv").exists():
                     run_evaluate(model, [args.data], ev, opts=opts, score=ScoreConfig.of(fields).to_dict())
                 per_score[label].append(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
+        system = "paper system (poe)" if objective == "poe" else "margin objective"
         for label, frames in per_score.items():
-            rows.append({"system": f"paper system, {label}", "seed": seed, **evaluate_part(pd.concat(frames))})
-        timings.setdefault("finetune", []).append(time.perf_counter() - t0)
+            rows.append({"system": f"{system}, {label}", "seed": seed, **evaluate_part(pd.concat(frames))})
+        timings.setdefault(f"finetune {objective}", []).append(time.perf_counter() - t0)
+    if len(objectives) == 2:
+        # issue 11's ensemble: the two objectives' scores, each standardised on its own training clips
+        label, frames = args.select_score, []
+        for m in machines:
+            ev = root / "ensemble" / m / f"eval-{label}"
+            if not (ev / "scores.csv").exists():
+                run_evaluate([root / name / m / "model.pt" for name, _ in objectives], [args.data], ev, opts=opts,
+                             score=ScoreConfig.of(SCORES[label]).to_dict())
+            frames.append(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
+        rows.append({"system": f"ensemble poe + margin, {label}", "seed": seed, **evaluate_part(pd.concat(frames))})
     return rows
 
 
@@ -138,12 +156,28 @@ def goal_line(runs: pd.DataFrame) -> str:
             f"lowest machine AUC {row['min_machine_auc']:.3f}: **{'met' if met else 'not met'}**.")
 
 
+def margin_goal_line(runs: pd.DataFrame) -> str:
+    """Issue 11's goal, on the means: the best margin-objective or ensemble row beats the best pOE row on
+    the official score and on target AUC (hmean)."""
+    means = runs.groupby("system", sort=False)[["official_score", "auc_target"]].mean()
+    poe = means[means.index.str.startswith("paper system")]
+    challenger = means[means.index.str.startswith(("margin objective", "ensemble"))]
+    if poe.empty or challenger.empty:
+        return ""
+    p, c = poe.loc[poe["official_score"].idxmax()], challenger.loc[challenger["official_score"].idxmax()]
+    met = c["official_score"] > p["official_score"] and c["auc_target"] > p["auc_target"]
+    return (f"Goal (margin or ensemble beats pOE on official score and target AUC): best \"{c.name}\" "
+            f"{c['official_score']:.3f} / target {c['auc_target']:.3f} vs best \"{p.name}\" "
+            f"{p['official_score']:.3f} / target {p['auc_target']:.3f}: **{'met' if met else 'not met'}**.")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("results/bench/det/data"))
     p.add_argument("--out", type=Path, default=Path("results/bench/det/runs"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--systems", nargs="+", default=["ae", "paper"], choices=["ae", "paper"])
+    p.add_argument("--systems", nargs="+", default=["ae", "paper", "margin"], choices=["ae", "paper", "margin"],
+                   help="ae: the faithful DCASE AE; paper: pOE + GRL fine-tuning; margin: the angular-margin objective")
     p.add_argument("--machines", nargs="+", default=list(DEV_MACHINES))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--ae-epochs", type=int, default=100, help="official: 100")
@@ -180,10 +214,10 @@ def main(argv: list[str] | None = None) -> None:
              f"{int((train['domain'] == 'target').sum() / 7)} target training clips, "
              f"{int((manifest['split'] == 'test').sum() / 7)} labelled test clips of which the report half is scored")
     minutes = {k: f"{np.mean(v) / 60:.1f} min" for k, v in timings.items()}
-    md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --select-score {args.select_score} "
+    md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score} "
           f"--finetune '{args.finetune}'` on {machine_line()}; {sizes}. Wall time of this invocation "
           f"{(time.perf_counter() - t_start) / 60:.0f} min (runs finished earlier are reused; per seed: "
-          f"{', '.join(f'{k} {v}' for k, v in minutes.items())}).\n\n{table}\n\n{goal_line(runs)}")
+          f"{', '.join(f'{k} {v}' for k, v in minutes.items())}).\n\n{table}\n\n{goal_line(runs)}\n\n{margin_goal_line(runs)}")
     if not args.no_write:
         update_section("detection", md)
 

@@ -65,9 +65,23 @@ def to_python(value):
     return value
 
 
+def _strict_json(value):
+    """numpy → Python, and NaN/±inf → null: strict JSON has no NaN (jq and most JSON readers refuse it)."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    value = to_python(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def atomic_write_json(path: str | Path, obj, **dumps_kwargs) -> Path:
-    """JSON (indent 2, numpy scalars converted by :func:`to_python`) written atomically."""
+    """Strict JSON (indent 2; numpy scalars converted by :func:`to_python`; NaN and ±inf written as null),
+    written atomically."""
     import json
 
     dumps_kwargs.setdefault("indent", 2)
-    return atomic_write_text(path, json.dumps(obj, default=to_python, **dumps_kwargs) + "\n")
+    text = json.dumps(_strict_json(obj), default=to_python, allow_nan=False, **dumps_kwargs)
+    return atomic_write_text(path, text + "\n")

@@ -284,9 +284,20 @@ def make_finetune_data(
                   base_domain=train_table.manifest["domain"].map(DOMAIN_IDS).fillna(0).astype(np.int64).to_numpy(),
                   base_machine=train_table.manifest["machine"].astype(str).to_numpy(),
                   base_key=class_keys(train_table.manifest), pool_key=pool_key)
+    why_not_labels, labelled_split = "no labelled test split", None
+    if labelled is not None and validation in ("auto", "test") and not select_on_all:
+        part = split_test_clips(labelled.manifest) == "validation"
+        if labelled.manifest.loc[part, "label"].nunique() < 2:
+            # a split of a handful of clips: its validation half holds no normal/anomaly pair to rank
+            why_not_labels = (f"the validation half of the labelled test split ({int(part.sum())} of "
+                              f"{len(part)} clips) lacks normals or anomalies")
+            if validation == "test":
+                raise DataError(f"validation 'test': {why_not_labels} for {', '.join(machines)}; "
+                                f"use --select-on-all or more test clips")
+            labelled_split, labelled = labelled, None
+        else:
+            labelled = labelled.rows(part)
     if labelled is not None and validation in ("auto", "test"):
-        if not select_on_all:
-            labelled = labelled.rows(split_test_clips(labelled.manifest) == "validation")
         lm = labelled.manifest
         selection = "whole test split" if select_on_all else "validation part"
         return FinetuneData(
@@ -310,7 +321,7 @@ def make_finetune_data(
         return FinetuneData(
             machines, table.feature_cfg, train_table.features, train_index, train_domain, pool,
             val_x=None, val_y=None, val_domain=None, selection="fixed budget",
-            note=(f"fixed budget, no early stopping: no labelled test split and only {n_held} normal clips could be "
+            note=(f"fixed budget, no early stopping: {why_not_labels} and only {n_held} normal clips could be "
                   f"held out (fewer than {heldout_floor})"), **common)
     keep = ~hold[train_index]
     held = tm[hold]
@@ -320,7 +331,8 @@ def make_finetune_data(
         heldout_normals=train_table.features[hold],
         heldout_domain=held["domain"].map(DOMAIN_IDS).fillna(0).astype(np.int64).to_numpy(),
         heldout_machine=held["machine"].astype(str).to_numpy(),
-        note=f"{n_held} held-out normal training clips ({', '.join(f'{d} {n}' for d, n in held['domain'].value_counts().items())}) against pseudo outliers",
+        note=f"{n_held} held-out normal training clips ({', '.join(f'{d} {n}' for d, n in held['domain'].value_counts().items())}) against pseudo outliers"
+             + ("" if labelled_split is None else f" ({why_not_labels})"),
         **common)
 
 

@@ -120,3 +120,33 @@ def test_finetune_usage_errors(synth_set, tmp_path):
     res = run_cli("finetune", "--data", str(synth_set), "--out", str(tmp_path), "--pretrained", str(tmp_path / "x.pt"),
                   "--machine", EASY)
     assert res.returncode == 2 and "x.pt" in res.stderr
+
+
+def test_real_clips_pretrain_finetune_evaluate_score(tmp_path):
+    """Real DCASE 2023 recordings through every command (a smoke run: two training clips are far too few
+    to judge detection). Its test split (one source normal, one target anomaly) is too small to split into
+    a validation and a report half, so the fine-tuning trains its fixed budget and says why."""
+    data = FIXTURES / "real_clips" / "dcase2023"
+    common = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    res = run_cli("pretrain", "--data", str(data), "--out", str(tmp_path / "pre"), "--epochs", "1",
+                  "--batch-size", "4", *SMALL_MODEL, *common)
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(tmp_path / "pre" / "encoder.pt")["classes"] == ["ToyCar", "gearbox"]
+    res = run_cli("finetune", "--pretrained", str(tmp_path / "pre" / "encoder.pt"), "--data", str(data),
+                  "--machine", "gearbox", "--out", str(tmp_path / "ft"), "--max-epochs", "2", "--batch-size", "4",
+                  *common)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "ft" / "finetune_report.json").read_text())
+    assert report["selection"] == "fixed budget" and report["epochs_run"] == 2
+    assert "validation half of the labelled test split (0 of 2 clips) lacks normals or anomalies" in report["validation"]
+    assert report["lambda_adv_effective"] == 0.0  # source-only training clips: no domain to adapt
+    res = run_cli("evaluate", "--model", str(tmp_path / "ft" / "model.pt"), "--data", str(data),
+                  "--out", str(tmp_path / "eval"), *common)
+    assert res.returncode == 0, res.stderr
+    scores = pd.read_csv(tmp_path / "eval" / "scores.csv")
+    # nothing was selected on the test clips, so both are reported on
+    assert len(scores) == 2 and np.isfinite(scores["score"]).all() and set(scores["part"]) == {"report"}
+    assert (tmp_path / "eval" / "submission" / "anomaly_score_gearbox_section_00_test.csv").exists()
+    res = run_cli("score", "--model", str(tmp_path / "ft" / "model.pt"), str(data / "gearbox" / "test"))
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.strip().splitlines()) == 2

@@ -154,7 +154,7 @@ def test_data_summary_dcase2020(shared_clips, tmp_path):
 
 def test_shipped_real_fixtures_parse():
     df = read_manifest(FIXTURES / "real_clips")
-    assert len(df) == 9 and df.attrs["unparsed"] == []
+    assert len(df) == 12 and df.attrs["unparsed"] == []
     assert sorted(df["naming"].unique()) == ["dcase2020", "dcase2021", "dcase2022+"]
 
 

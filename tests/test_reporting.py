@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bohb_search.evaluate.submission import (
 )
 from bohb_search.scoring.decision import fit_gamma_threshold
 from bohb_search.evaluate.tables import PAPER_MACHINES, table2, table3, to_markdown, write_tables
-from data.atomic import atomic_write_text
+from data.atomic import atomic_write_json, atomic_write_text
 
 DCASE_MACHINES = ("ToyCar", "ToyTrain", "fan", "gearbox", "bearing", "slider", "valve")
 
@@ -168,6 +169,15 @@ def test_atomic_write_text_creates_replaces_and_cleans_up(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # submission files
 # ---------------------------------------------------------------------------------------------
+def test_atomic_write_json_is_strict_json(tmp_path):
+    # a fixed-budget run has no validation score (NaN): its report must still be JSON every reader accepts
+    target = atomic_write_json(tmp_path / "r.json", {"best_val_score": float("nan"), "n": np.int64(3),
+                                                     "history": [{"val": np.float32("inf"), "loss": np.float64(0.5)}]})
+    text = target.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"best_val_score": None, "n": 3, "history": [{"val": None, "loss": 0.5}]}
+
+
 def test_submission_round_trip_and_recomputed_metrics(tmp_path):
     df = make_scores(5, ("fan", "ToyCar"), sections=(0, 1))
     report = evaluate_scores(df)

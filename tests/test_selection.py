@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from bohb_search.train.configs import AEBaselineConfig, FinetuneConfig
 from bohb_search.train.autoencoder import AETrainer
+from bohb_search.train.configs import AEBaselineConfig, FinetuneConfig
 from bohb_search.train.finetune import FinetuneTrainer
-from data.datasets import FeatureTable, make_finetune_data, split_test_clips
+from data.datasets import DataError, FeatureTable, make_finetune_data, split_test_clips
 from tests.test_training import FEATURES, N_FRAMES, _clips, tiny_encoder
 
 
@@ -116,3 +117,14 @@ def test_grl_is_off_with_a_single_domain_and_says_so():
     two = make_finetune_data(table(8, 2, test_per_cell=4), ["fan"])
     assert FinetuneTrainer(FinetuneConfig(**{**CFG.to_dict(), "lambda_adv": 0.5}), tiny_encoder(), two,
                            device="cpu").lambda_adv == 0.5
+
+
+def test_a_test_split_too_small_to_halve_falls_back_to_the_label_free_selection():
+    # one clip per domain × label cell: the validation half is empty, so no test clip can select an epoch
+    tiny = make_finetune_data(table(100, 10, test_per_cell=1), ["fan"], heldout_fraction=0.1, heldout_floor=8)
+    assert tiny.selection == "held-out normals"
+    assert "validation half of the labelled test split (0 of 4 clips) lacks normals or anomalies" in tiny.val_source
+    with pytest.raises(DataError, match="validation 'test'.*lacks normals or anomalies.*--select-on-all"):
+        make_finetune_data(table(100, 10, test_per_cell=1), ["fan"], validation="test")
+    # two per cell: one normal and one anomaly per domain validate, and that is enough
+    assert make_finetune_data(table(8, 2, test_per_cell=2), ["fan"]).selection == "validation part"

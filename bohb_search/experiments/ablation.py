@@ -219,7 +219,8 @@ def run_ablation(
                          "variant": cfg.variant, "auc_source": float(summary["AUC (source)"]),
                          "auc_target": float(summary["AUC (target)"]), "pauc": float(summary["pAUC"]),
                          "official_score": float(report.official_score),
-                         "best_val_score": float(np.mean([r["best_val_score"] for r in reports])),
+                         "best_val_score": float(np.mean([np.nan if r["best_val_score"] is None else r["best_val_score"]
+                                                      for r in reports])),  # null: a fixed-budget run
                          "epochs_run": float(np.mean([r["epochs_run"] for r in reports]))})
         for name in ("ssm", "ast"):
             runs.append({"run": f"latency:{name}", "seed": seed, "machine": "-",

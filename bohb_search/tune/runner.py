@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -37,11 +38,16 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         # a single-machine Ray: keep all of its traffic on the loopback interface
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # Ray 2.60 turns token auth on by itself where a token exists and says so on stderr at every start;
+        # that is the setting we want, and the notice would sit above every one-line error of ours
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: "Token authentication is enabled" not in record.getMessage())
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)  # not "Started a local Ray instance" above our own lines
 
 
 def _settings_file(out: Path) -> Path:
@@ -64,6 +70,16 @@ def resume_settings(saved: SearchSettings, given: SearchSettings, explicit=None)
                           f"{'; '.join(conflicts)}; drop those flags, or start another --name")
     changes = {k: new[k] for k in RESUMABLE_CHANGES if k in names and new[k] is not None}
     return replace(saved, **changes)
+
+
+def reuse_trial_actors() -> bool:
+    """Hand a finished trial's worker process to the next trial (saves starting Python and torch again) on
+    one machine only. On a cluster a reused actor keeps the next trial on whichever node freed first,
+    often before another node's new actor is up, so short trials pile onto one node; new actors go where
+    Ray has room, and trials of minutes to hours do not miss the seconds of a start."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
 def check_resources(settings: SearchSettings) -> None:
@@ -218,7 +234,7 @@ def _run(settings: SearchSettings, space, setup, out: Path, resume: bool, verbos
         searcher, scheduler = make_searcher_and_scheduler(settings, space)
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
-            max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),
+            max_concurrent_trials=settings.max_concurrent or None, reuse_actors=reuse_trial_actors()),
             run_config=run_config)
     grid = tuner.fit()
     table = trials_table(grid, settings)
