@@ -22,7 +22,12 @@ from bench._report import machine_line, update_section
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--note", default="", help="a sentence on the conditions of the run, printed under the time")
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qs-bench-") as tmp:
         out = Path(tmp) / "quickstart"
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
@@ -39,7 +44,7 @@ def main() -> None:
         md = f"""## Quickstart end to end (`bench/quickstart.py`)
 
 `python -m bohb_search quickstart --fresh` (the README's main job, environment already installed) on {machine_line()}:
-**{wall / 60:.1f} min** wall time (1-min load average before the run: {load_before:.1f}; target: under 10 min on 2 cores).
+**{wall / 60:.1f} min** wall time (1-min load average before the run: {load_before:.1f}; target: under 10 min on 2 cores).{(" " + args.note) if args.note else ""}
 Data: 7 synthetic machine types × (40 source + 4 target training clips, 40 test clips) of 10 s; encoder SSM
 dim 64, depth 4, r = 4; BOHB searches: `fan` 9 trials up to 9 epochs and `generalized` 3 trials up to 3 epochs (η = 3);
 final retrain at most 9 epochs, with the AE baseline.
