@@ -8,9 +8,13 @@ The data set is made once by ``data synth --train-source 100 --train-target 10 -
 sizes given). Per seed: the AE baseline per machine (its official recipe, 100 epochs), one pre-training
 on every machine's normal training clips, and one fine-tuning per machine, selected on the validation
 half of the labelled test split with ``--select-score``; each fine-tuned model is then re-scored with every
-score of ``SCORES`` (no retraining; the margin objective with ``MARGIN_SCORES``). With both objectives, their score-level ensemble (each model standardised
-on its own training clips) is scored with ``--select-score`` too. Every number is computed on the report half, which no model and no
-epoch was selected on. Finished runs are reused, so the benchmark can be resumed.
+score of ``SCORES`` (no retraining; the margin objective with ``MARGIN_SCORES``). With both objectives, their
+score-level ensemble (each model standardised on its own training clips) is scored with ``--select-score`` too.
+Each objective also trains one generalized model over every machine (``GENERALIZED_SCORES``; off with
+``--no-generalized``). A probe row (``--no-probe`` to skip) scores the clips by k-NN over per-band log-mel
+statistics with no training at all: a lower bound on what a learned embedding should keep. Every number is
+computed on the report half, which no model and no epoch was selected on. Finished runs are reused, so the
+benchmark can be resumed.
 
 Writes ``runs.csv`` (system × seed × machine), ``summary.csv`` / ``summary.md`` (mean ± std over seeds) and the
 "detection" section of BENCHMARKS.md.
@@ -30,6 +34,7 @@ from bench._report import machine_line, update_section
 from bohb_search.evaluate.metrics import evaluate_scores
 from bohb_search.evaluate.run import run_evaluate
 from bohb_search.evaluate.tables import to_markdown
+from data.atomic import atomic_write_csv
 from bohb_search.scoring.config import ScoreConfig
 from bohb_search.train.configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
 from bohb_search.train.runs import run_ae_baseline, run_finetune, run_pretrain
@@ -55,6 +60,9 @@ SCORES: dict[str, dict] = {
 # the margin objective is re-scored with fewer of them (each re-scoring embeds every clip again): the
 # paper's cosine, plain k-NN, and the normalised k-NN variants
 MARGIN_SCORES = ["cosine", "knn", "knn-dens1-std", "knn-kmeans16-interp-dens1-std"]
+# the generalized models (one per objective and seed, trained on every machine at once)
+GENERALIZED_SCORES = ["cosine", "knn", "knn-dens1-std"]
+PROBE = "log-mel band statistics, k-NN (no training)"
 
 
 def evaluate_part(scores: pd.DataFrame) -> dict:
@@ -72,9 +80,61 @@ def evaluate_part(scores: pd.DataFrame) -> dict:
     return out
 
 
+def logmel_statistics_scores(data: Path, machines: list[str], opts: RunOptions) -> pd.DataFrame:
+    """A probe of how much the data reveals without any learning: each clip is the mean and the standard
+    deviation over time of every log-mel band (the project's features, 256 values), standardised with the
+    machine's training clips, scored with the project's k-NN over per-domain banks (min over banks).
+    Deterministic; the same on every seed. Not a system of this project: it bounds what a learned
+    embedding should at least keep."""
+    from data.datasets import load_feature_table, split_test_clips
+
+    manifest = read_manifest(data)
+    manifest = manifest[manifest["machine"].isin(machines)].reset_index(drop=True)
+    table = load_feature_table(manifest, FeatureConfig(), cache_dir=opts.cache_dir, progress=False)
+    m, x = table.manifest, table.features.astype(np.float32)
+    stats = np.concatenate([x.mean(axis=2), x.std(axis=2)], axis=1)
+    parts = split_test_clips(m)
+    frames = []
+    for machine in machines:
+        train = ((m["machine"] == machine) & (m["split"] == "train")).to_numpy()
+        test = ((m["machine"] == machine) & (m["split"] == "test")).to_numpy()
+        mu, sd = stats[train].mean(axis=0), stats[train].std(axis=0) + 1e-6
+        z = (stats - mu) / sd
+        # Euclidean, not the project's 1 − cos: the norm of a standardised statistic vector is how far the
+        # clip is from the machine's average, which a cosine distance would throw away
+        per_bank = [np.sqrt(((z[test][:, None] - z[train & (m["domain"] == d).to_numpy()][None]) ** 2).sum(-1)).min(1)
+                    for d in ("source", "target") if (train & (m["domain"] == d).to_numpy()).any()]
+        frames.append(m[test].assign(score=np.min(per_bank, axis=0), part=parts[test]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_generalized(args, seed: int, root: Path, name: str, ft: FinetuneConfig, pre: Path, machines: list[str],
+                    opts: RunOptions) -> list[dict]:
+    """One model of the objective over every machine at once (the paper's generalized variant), re-scored
+    with ``GENERALIZED_SCORES``."""
+    model = root / f"{name}-generalized" / "model.pt"
+    if not model.exists():
+        run_finetune(ft, [args.data], model.parent, machines, pretrained=pre, opts=opts)
+    rows = []
+    system = "paper system (poe)" if name == "paper" else "margin objective"
+    for label in dict.fromkeys(GENERALIZED_SCORES + [args.select_score]):
+        ev = model.parent / f"eval-{label}"
+        if not (ev / "scores.csv").exists():
+            run_evaluate(model, [args.data], ev, opts=opts, score=ScoreConfig.of(SCORES[label]).to_dict())
+        rows.append({"system": f"{system}, generalized, {label}", "seed": seed,
+                     **evaluate_part(pd.read_csv(ev / "scores.csv", dtype={"section": str}))})
+    return rows
+
+
 def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: dict) -> list[dict]:
     rows = []
     root = args.out / f"seed{seed}"
+    if args.probe:
+        probe = args.out / "probe-logmel-statistics.csv"
+        if not probe.exists():
+            atomic_write_csv(logmel_statistics_scores(args.data, machines, opts), probe, index=False)
+        rows.append({"system": PROBE, "seed": seed,
+                     **evaluate_part(pd.read_csv(probe, dtype={"section": str}))})
     if "ae" in args.systems:
         t0 = time.perf_counter()
         per_score: dict[str, list[pd.DataFrame]] = {"mse": [], "mahalanobis": []}
@@ -124,6 +184,10 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
         for label, frames in per_score.items():
             rows.append({"system": f"{system}, {label}", "seed": seed, **evaluate_part(pd.concat(frames))})
         timings.setdefault(f"finetune {objective}", []).append(time.perf_counter() - t0)
+        if args.generalized:
+            t0 = time.perf_counter()
+            rows += run_generalized(args, seed, root, name, ft, pre, machines, opts)
+            timings.setdefault(f"generalized {objective}", []).append(time.perf_counter() - t0)
     if len(objectives) == 2:
         # issue 11's ensemble: the two objectives' scores, each standardised on its own training clips
         label, frames = args.select_score, []
@@ -151,7 +215,7 @@ def goal_line(runs: pd.DataFrame) -> str:
     faithful AE's best + 0.05, its target AUC (hmean) at least 0.60, no machine below 0.5 in either domain."""
     means = runs.groupby("system", sort=False)[["official_score", "auc_target", "min_machine_auc"]].mean()
     ae = means[means.index.str.startswith("DCASE AE")]
-    paper = means[~means.index.str.startswith("DCASE AE")]
+    paper = means[means.index.str.startswith("paper system")]
     if ae.empty or paper.empty:
         return ""
     best = paper["official_score"].idxmax()
@@ -197,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--select-score", default="knn-dens1-std", choices=list(SCORES),
                    help="the score the fine-tuning selects its epoch with")
     p.add_argument("--cache-dir", type=Path, default=Path("results/bench/det/cache"))
+    p.add_argument("--no-generalized", dest="generalized", action="store_false",
+                   help="skip the generalized model (one per objective over every machine)")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="skip the log-mel statistics k-NN probe")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
@@ -216,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "summary.md").write_text(table)
     print(table)
     train = manifest[manifest["split"] == "train"]
-    sizes = (f"{len(args.machines)} machines; per machine {int((train['domain'] == 'source').sum() / 7)} source + "
-             f"{int((train['domain'] == 'target').sum() / 7)} target training clips, "
-             f"{int((manifest['split'] == 'test').sum() / 7)} labelled test clips of which the report half is scored")
+    n = manifest["machine"].nunique()
+    sizes = (f"{len(args.machines)} machines; per machine {int((train['domain'] == 'source').sum() / n)} source + "
+             f"{int((train['domain'] == 'target').sum() / n)} target training clips, "
+             f"{int((manifest['split'] == 'test').sum() / n)} labelled test clips of which the report half is scored")
     minutes = {k: f"{np.mean(v) / 60:.1f} min" for k, v in timings.items()}
     md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score} "
           f"--finetune '{args.finetune}'` on {machine_line()}; {sizes}. Wall time of this invocation "

@@ -67,3 +67,31 @@ def test_detection_goal_lines_read_the_means_over_seeds():
     assert "**not met**" in goal_line(worse_ae)  # 0.64 < 0.60 + 0.05
     better = runs.assign(official_score=runs["official_score"].where(~runs["system"].str.startswith("margin"), 0.7))
     assert "**met**" in margin_goal_line(better)
+    # issue 10's goal is about the paper's system: neither the no-training probe nor the margin objective
+    # (nor a generalized margin row) may stand in for it
+    from bench.detection import PROBE
+    others = pd.DataFrame(rows(PROBE, 0.9, 0.9, 0.9) + rows("margin objective, generalized, knn", 0.9, 0.9, 0.9))
+    mixed = pd.concat([worse_ae, others])
+    assert "**not met**" in goal_line(mixed) and PROBE not in goal_line(mixed)
+    assert PROBE not in margin_goal_line(mixed)
+
+
+def test_logmel_statistics_probe_scores_each_clip_from_training_clips_only(tmp_path):
+    """The probe row of the detection benchmark: removing other test clips leaves every score unchanged,
+    and each clip's score is its distance to the nearest training clip of either domain."""
+    from bench.detection import logmel_statistics_scores
+    from data.config import RunOptions
+    from data.synth import SynthConfig, synthesize
+
+    root = tmp_path / "data"
+    synthesize(root, SynthConfig(machines=("fan",), train_source=6, train_target=2, test_per_cell=3, seconds=1.0),
+               workers=1, progress=False)
+    opts = RunOptions(cache_dir=tmp_path / "cache", quiet=True)
+    before = logmel_statistics_scores(root, ["fan"], opts).set_index("file")["score"]
+    assert len(before) == 12 and (before > 0).all()
+    test_files = sorted((root / "fan" / "test").glob("*.wav"))
+    for path in test_files[::2]:
+        path.unlink()
+    after = logmel_statistics_scores(root, ["fan"], opts).set_index("file")["score"]
+    assert len(after) == 6
+    assert (after - before.loc[after.index]).abs().max() < 1e-5
