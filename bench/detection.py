@@ -83,8 +83,8 @@ def evaluate_part(scores: pd.DataFrame) -> dict:
 def logmel_statistics_scores(data: Path, machines: list[str], opts: RunOptions) -> pd.DataFrame:
     """A probe of how much the data reveals without any learning: each clip is the mean and the standard
     deviation over time of every log-mel band (the project's features, 256 values), standardised with the
-    machine's training clips, scored with the project's k-NN over per-domain banks (min over banks).
-    Deterministic; the same on every seed. Not a system of this project: it bounds what a learned
+    machine's training clips, scored by the Euclidean distance to the nearest training clip of each domain
+    (min over the two domains). Deterministic; the same on every seed. Not a system of this project: it bounds what a learned
     embedding should at least keep."""
     from data.datasets import load_feature_table, split_test_clips
 
@@ -130,7 +130,7 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
     rows = []
     root = args.out / f"seed{seed}"
     if args.probe:
-        probe = args.out / "probe-logmel-statistics.csv"
+        probe = args.out / f"probe-logmel-statistics-{'-'.join(sorted(machines))}.csv"
         if not probe.exists():
             atomic_write_csv(logmel_statistics_scores(args.data, machines, opts), probe, index=False)
         rows.append({"system": PROBE, "seed": seed,
