@@ -55,7 +55,15 @@ SCORES: dict[str, dict] = {
     "knn-dens1-std": {"score": "knn", "density_k": 1, "standardise": True},
     "knn-kmeans16-interp-dens1-std": {"score": "knn", "source_bank": "kmeans", "target_augment": "interpolate",
                                       "density_k": 1, "standardise": True},
+    # the tokenizer's patch statistics instead of the head's embedding (Euclidean, per-machine standardised)
+    "patchstats-knn": {"score": "knn", "embedding": "patch_stats"},
+    "patchstats-knn-std": {"score": "knn", "embedding": "patch_stats", "standardise": True},
+    "patchstats-knn-dens1-std": {"score": "knn", "embedding": "patch_stats", "density_k": 1, "standardise": True},
+    "patchstats-knn-k3-interp-std": {"score": "knn", "embedding": "patch_stats", "knn_k": 3,
+                                     "target_augment": "interpolate", "standardise": True},
 }
+for _fields in SCORES.values():  # explicit, so fine-tuning with --select-score never takes another default
+    _fields.setdefault("embedding", "head")
 
 # the margin objective is re-scored with fewer of them (each re-scoring embeds every clip again): the
 # paper's cosine, plain k-NN, and the normalised k-NN variants

@@ -71,6 +71,16 @@ class Encoder(nn.Module):
             return self.norm(h[:, cls_at])  # the norm is per token: norming one token is enough
         return self.norm(h).mean(dim=1)
 
+    def patch_statistics(self, x: torch.Tensor, frame_stride: int = 16) -> torch.Tensor:
+        """(B, [1,] H, W) log-mel → (B, 2·F·D) time statistics of the tokenizer's patch projection taken every
+        ``frame_stride`` log-mel frames (rounded to a multiple of the unshuffle factor), see
+        :meth:`PixelUnshufflePatchEmbed.time_statistics`. Uses no block: fine-tuning (which freezes the
+        tokenizer) does not change it, pre-training does."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        cfg = self.config
+        return self.embed.time_statistics((x - cfg.input_mean) / cfg.input_std, max(1, frame_stride // cfg.unshuffle))
+
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         if x.dim() == 3:
             x = x.unsqueeze(1)

@@ -75,6 +75,37 @@ def test_patch_projection_is_a_linear_map_of_unshuffled_patches():
     torch.testing.assert_close(tokens[0, t * 2 + f], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_time_statistics_at_stride_p_are_the_statistics_of_the_tokens():
+    """With time stride p the sliding projection is exactly the tokenizer's tokens (minus positions): their
+    mean and std over time per frequency row; a finer stride adds the positions in between."""
+    embed = PixelUnshufflePatchEmbed(dim=5, n_mels=16, n_frames=32, unshuffle=2, patch=4, cls_token=False)
+    x = torch.randn(3, 1, 16, 32)
+    tokens = (embed(x) - embed.pos_embed.permute(0, 3, 2, 1).flatten(1, 2)).reshape(3, 4, 2, 5)  # B, T, F, D
+    stats = embed.time_statistics(x, time_stride=4).reshape(3, 2, 5, 2)  # B, (mean, std), D, F
+    torch.testing.assert_close(stats[:, 0], tokens.mean(1).transpose(1, 2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats[:, 1], tokens.std(1).transpose(1, 2), rtol=1e-5, atol=1e-6)
+    assert embed.time_statistics(x, time_stride=1).shape == (3, 2 * 5 * 2)
+
+
+def test_patch_statistics_see_a_click_that_pooled_tokens_average_away():
+    """Why the score can use patch statistics: a 2-frame click moves the std over time of the sliding
+    projection far more than the mean-pooled tokens, relative to their spread over clean clips."""
+    torch.manual_seed(0)
+    enc = build_encoder(encoder_preset("tiny", dim=16, depth=1, n_mels=32, n_frames=256, unshuffle=2, patch=8))
+    enc.eval()
+    clean = torch.randn(16, 32, 256) * 0.5
+    clicked = clean.clone()
+    clicked[:, :, 100:102] += 3.0
+    with torch.no_grad():
+        stats_clean, stats_click = enc.patch_statistics(clean, frame_stride=2), enc.patch_statistics(clicked, frame_stride=2)
+        pooled_clean, pooled_click = enc(clean).pooled, enc(clicked).pooled
+
+    def shift(a, b):  # mean change in units of the clean clips' spread, per dimension
+        return ((b - a).abs() / (a.std(0) + 1e-6)).mean().item()
+
+    assert shift(stats_clean, stats_click) > 2 * shift(pooled_clean, pooled_click)
+
+
 def test_input_that_does_not_tile_raises_clear_error():
     embed = PixelUnshufflePatchEmbed(dim=8, unshuffle=4, patch=16)
     with pytest.raises(ValueError, match="unshuffle\\*patch"):

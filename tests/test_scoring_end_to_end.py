@@ -45,10 +45,13 @@ def evaluate(model, data, out, *extra):
     return pd.read_csv(out / "scores.csv")
 
 
-@pytest.mark.parametrize("score", [["--score", "knn", "--knn-k", "2"],
-                                   ["--score", "knn", "--density-k", "1", "--standardise", "--source-bank", "kmeans",
-                                    "--n-centres", "4", "--target-augment", "interpolate"]],
-                         ids=["knn-k2", "knn-normalised"])
+@pytest.mark.parametrize("score", [["--score", "knn", "--embedding", "head", "--knn-k", "2"],
+                                   ["--score", "knn", "--embedding", "head", "--density-k", "1", "--standardise",
+                                    "--source-bank", "kmeans",
+                                    "--n-centres", "4", "--target-augment", "interpolate"],
+                                   ["--score", "knn", "--embedding", "patch_stats", "--density-k", "1", "--standardise",
+                                    "--target-augment", "interpolate"]],
+                         ids=["knn-k2", "knn-normalised", "patch-stats"])
 def test_rescoring_a_saved_model_reproduces_a_model_trained_with_that_score(env, tmp_path, score):
     trained_with = finetune(env, tmp_path / "with", *score)
     other = finetune(env, tmp_path / "cosine", "--score", "cosine")
@@ -57,11 +60,14 @@ def test_rescoring_a_saved_model_reproduces_a_model_trained_with_that_score(env,
     np.testing.assert_allclose(rescored["score"], direct["score"], rtol=1e-5, atol=1e-6)
     as_trained = evaluate(other, env["data"], tmp_path / "ev-cosine")
     assert not np.allclose(as_trained["score"], direct["score"])
-    assert json.loads((tmp_path / "ev-rescored" / "metrics.json").read_text())["score"].startswith("knn")
+    label = json.loads((tmp_path / "ev-rescored" / "metrics.json").read_text())["score"]
+    assert label.startswith("patchstats-knn" if "patch_stats" in score else "knn")
 
 
-def test_no_statistic_of_the_other_test_clips_reaches_a_score(env, tmp_path):
-    model = finetune(env, tmp_path / "ft", "--score", "knn", "--density-k", "1", "--standardise")
+@pytest.mark.parametrize("embedding", ["head", "patch_stats"])
+def test_no_statistic_of_the_other_test_clips_reaches_a_score(env, tmp_path, embedding):
+    model = finetune(env, tmp_path / "ft", "--score", "knn", "--density-k", "1", "--standardise",
+                     "--embedding", embedding)
     before = evaluate(model, env["data"], tmp_path / "ev1").set_index("file")["score"]
     # every other test clip of fan replaced by loud noise; one clip kept
     changed = tmp_path / "changed"
@@ -111,9 +117,10 @@ def test_evaluate_on_an_evaluation_layout_writes_submission_files_only(env, tmp_
 def test_an_ensemble_is_the_mean_of_each_models_standardised_scores(env, tmp_path):
     from bohb_search.scoring.model import AnomalyModel
 
-    a = finetune(env, tmp_path / "poe", "--score", "knn", "--density-k", "1")
-    b = finetune(env, tmp_path / "margin", "--objective", "margin", "--score", "knn", "--seed", "1",
-                 "--n-subclusters", "2")
+    # head embeddings: the two objectives' models differ (their patch statistics would not)
+    a = finetune(env, tmp_path / "poe", "--score", "knn", "--embedding", "head", "--density-k", "1")
+    b = finetune(env, tmp_path / "margin", "--objective", "margin", "--score", "knn", "--embedding", "head",
+                 "--seed", "1", "--n-subclusters", "2")
     sa = evaluate(a, env["data"], tmp_path / "ev-a")
     sb = evaluate(b, env["data"], tmp_path / "ev-b")
     res = run_cli("evaluate", "--model", str(a), "--model", str(b), "--data", str(env["data"]),

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 SCORES = ("cosine", "knn")
+EMBEDDINGS = ("head", "patch_stats")
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ScoreConfig:
     augment_ratio: float = 0.2  # target bank grown to this share of the source clip count (when target_augment is set)
     density_k: int = 0  # local density normalisation: distance / mean distance of the bank point to its K nearest other bank points; 0 = off
     standardise: bool = False  # per bank: standardise by the mean and std of the training clips' leave-one-out scores
+    embedding: Literal["head", "patch_stats"] = "head"  # what the k-NN compares: the anomaly head's embedding (1 − cos), or the time statistics of the tokenizer's patch projection (Euclidean after per-machine standardisation on the training clips); the cosine score always uses the head
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -39,6 +41,10 @@ class ScoreConfig:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not (isinstance(self.augment_ratio, (int, float)) and 0 < self.augment_ratio <= 10):
             raise ValueError(f"augment_ratio must be in (0, 10], got {self.augment_ratio!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {self.embedding!r}")
+        if self.score == "cosine":
+            self.embedding = "head"  # the cosine score is the head embedding's distance to its centre, by definition
         if not isinstance(self.standardise, bool):
             raise ValueError(f"standardise must be true or false, got {self.standardise!r}")
 
@@ -54,10 +60,11 @@ class ScoreConfig:
 
     @property
     def label(self) -> str:
-        """A short name for tables: ``cosine``, ``knn``, ``knn-k3-kmeans16-interp-dens1-std`` …"""
+        """A short name for tables: ``cosine``, ``knn``, ``knn-k3-kmeans16-interp-dens1-std``,
+        ``patchstats-knn`` …"""
         if self.score == "cosine":
             return "cosine"
-        parts = ["knn"]
+        parts = ["patchstats-knn" if self.embedding == "patch_stats" else "knn"]
         if self.knn_k != 1:
             parts.append(f"k{self.knn_k}")
         if self.source_bank == "kmeans":

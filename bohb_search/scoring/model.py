@@ -126,6 +126,11 @@ class AnomalyModel:
             score = ScoreConfig.of({**trained_with.to_dict(), **score})
         self.score_cfg = score or trained_with
         self.score_label = self.score_cfg.label
+        if self.score_cfg.embedding == "patch_stats":
+            if "train_patch_stats" not in bundle:
+                raise ValueError("this checkpoint (an earlier version) stores no training patch statistics: "
+                                 "re-run finetune/final-train to score with --embedding patch_stats")
+            z = bundle["train_patch_stats"].float()
         self.scorer = EmbeddingScorer(self.score_cfg, bundle["center"].float(),
                                       seed=int(bundle.get("score_seed", 0))).fit(z, domains, groups)
 
@@ -148,6 +153,10 @@ class AnomalyModel:
             values = scores[(groups == m) & np.isfinite(scores)]
             if len(values) >= 2 and np.ptp(values) > 0:
                 out[str(m)] = float(fit_gamma_threshold(values, self.threshold_percentile))
+            elif len(values):
+                # no spread to fit a gamma to (e.g. two training clips under density normalisation both
+                # score exactly 1): a clip scoring above every training clip is anomalous
+                out[str(m)] = float(values.max())
         return out
 
     @classmethod
@@ -165,12 +174,17 @@ class AnomalyModel:
             raise CheckpointError(f"{path}: {_short(err)}") from None
 
     @torch.no_grad()
-    def embed(self, features: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-        """(N, n_mels, T) log-mel → (N, E) embeddings of an encoder + head model."""
+    def embed(self, features: np.ndarray, batch_size: int = 64, embedding: str | None = None) -> torch.Tensor:
+        """(N, n_mels, T) log-mel → (N, E) embeddings of an encoder + head model: the head's, or the
+        tokenizer's patch statistics (``embedding``; default: what the model's score compares)."""
+        embedding = embedding or self.score_cfg.embedding
         out = []
         for i in range(0, len(features), batch_size):
             x = torch.from_numpy(np.asarray(features[i : i + batch_size], dtype=np.float32)).to(self.device)
             x = x[..., : self.encoder_cfg.n_frames]  # the tileable frame count the encoder was built for
+            if embedding == "patch_stats":
+                out.append(self.encoder.patch_statistics(x).float().cpu())
+                continue
             o = self.encoder(x.unsqueeze(1))
             out.append(self.head(o.pooled, o.layers).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.bundle["head_config"]["emb_dim"])

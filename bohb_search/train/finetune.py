@@ -186,23 +186,29 @@ class FinetuneTrainer(AnomalyTrainer):
 
     # ---- scoring --------------------------------------------------------------------------------
     @torch.no_grad()
-    def embed(self, features: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+    def embed(self, features: np.ndarray, batch_size: int | None = None, embedding: str = "head") -> torch.Tensor:
+        """Head embeddings, or (``embedding="patch_stats"``) the tokenizer's patch statistics, of log-mel clips."""
         self._set_train(False)
         bs = batch_size or self.cfg.batch_size
-        out = [self._forward(to_tensor(features[i : i + bs], self.device)).cpu() for i in range(0, len(features), bs)]
+        if embedding == "patch_stats":
+            forward = lambda x: self.encoder.patch_statistics(x).float()  # noqa: E731
+        else:
+            forward = self._forward
+        out = [forward(to_tensor(features[i : i + bs], self.device)).cpu() for i in range(0, len(features), bs)]
         return torch.cat(out) if out else torch.zeros(0, self.cfg.emb_dim)
 
-    def training_embeddings(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def training_embeddings(self, embedding: str = "head") -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Embeddings of the unique training normals with their domains (0/1) and machines: the material
         every score is fitted on (never a validation or test clip)."""
         rows, dom = self._unique_training_rows()
-        return self.embed(self.data.train_base[rows]), dom, self._training_machines(rows)
+        return self.embed(self.data.train_base[rows], embedding=embedding), dom, self._training_machines(rows)
 
     def scorer(self, score_cfg: ScoreConfig | None = None) -> EmbeddingScorer:
         """The configured score (or ``score_cfg``) fitted on the current training embeddings."""
-        z, dom, machines = self.training_embeddings()
-        center = self._center_or_mean(z)
-        return EmbeddingScorer(score_cfg or ScoreConfig.of(self.cfg), center, seed=self.cfg.seed).fit(z, dom, machines)
+        score_cfg = score_cfg or ScoreConfig.of(self.cfg)
+        z, dom, machines = self.training_embeddings(score_cfg.embedding)
+        center = self._center_or_mean(z) if score_cfg.embedding == "head" else None
+        return EmbeddingScorer(score_cfg, center, seed=self.cfg.seed).fit(z, dom, machines)
 
     def _center_or_mean(self, z: torch.Tensor) -> torch.Tensor:
         """The tracked centre, or, where none was ever tracked (the margin objective with every clip of
@@ -212,7 +218,8 @@ class FinetuneTrainer(AnomalyTrainer):
 
     @torch.no_grad()
     def score(self, features: np.ndarray, machines=None) -> np.ndarray:
-        return self.scorer().score(self.embed(features), machines).numpy()
+        score_cfg = ScoreConfig.of(self.cfg)
+        return self.scorer(score_cfg).score(self.embed(features, embedding=score_cfg.embedding), machines).numpy()
 
     # ---- state ------------------------------------------------------------------------------------
     def _model_state(self) -> dict:
@@ -250,6 +257,8 @@ class FinetuneTrainer(AnomalyTrainer):
             "center": self._center_or_mean(z).clone(),
             "score_config": ScoreConfig.of(self.cfg).to_dict(),
             "train_embeddings": z.clone(),
+            # what --embedding patch_stats is fitted on, so any saved model can be re-scored with it
+            "train_patch_stats": self.training_embeddings("patch_stats")[0].clone(),
             "train_domains": [int(d) for d in dom],
             "train_machines": [str(m) for m in machines],
             "score_seed": int(self.cfg.seed),

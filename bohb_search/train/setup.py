@@ -111,8 +111,13 @@ def build_trainer(setup: FinetuneSetup, cfg: FinetuneConfig, device: str = "auto
     data = make_finetune_data(setup.table, setup.machines, seed=cfg.seed, validation=validation,
                               heldout_fraction=cfg.heldout_fraction, heldout_floor=cfg.heldout_floor,
                               select_on_all=cfg.select_on_all)
-    trainer = MarginTrainer if cfg.objective == "margin" else FinetuneTrainer
-    return trainer(cfg, setup.encoder_cfg, data, setup.encoder_state, device=device)
+    trainer = (MarginTrainer if cfg.objective == "margin" else FinetuneTrainer)(
+        cfg, setup.encoder_cfg, data, setup.encoder_state, device=device)
+    if cfg.score == "knn" and cfg.embedding == "patch_stats":
+        trainer.notes.append("the score compares the tokenizer's patch statistics, which fine-tuning does not change "
+                             "(the tokenizer stays frozen): every epoch validates alike, so the first is kept; "
+                             "--embedding head scores and selects with the fine-tuned head instead")
+    return trainer
 
 
 def build_ae_trainer(setup: FinetuneSetup, cfg: AEBaselineConfig, device: str = "auto") -> AETrainer:

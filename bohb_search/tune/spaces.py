@@ -213,8 +213,10 @@ def _check_every_value(path: Path, hyperparameters: dict, space: SearchSpace, de
             if name == "unfreeze_k" and depth is not None and isinstance(value, (int, float)) and value > depth:
                 raise SearchSpaceError(f"{path}: hyperparameter 'unfreeze_k': {value} exceeds the encoder depth "
                                        f"{depth} (use 'upper: depth')")
+            # a conditional parameter is only drawn when its parent has the condition's value
+            parent = {k: (v[0] if isinstance(v, list) else v) for k, v in (spec.get("condition") or {}).items()}
             try:
-                space.to_finetune_config({name: value})
+                space.to_finetune_config({**parent, name: value})
             except (ValueError, TypeError) as err:
                 reason = " ".join(str(err).split())
                 raise SearchSpaceError(f"{path}: hyperparameter '{name}': value {value!r} is not accepted "
