@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
              f"{int((train['domain'] == 'target').sum() / n)} target training clips, "
              f"{int((manifest['split'] == 'test').sum() / n)} labelled test clips of which the report half is scored")
     minutes = {k: f"{np.mean(v) / 60:.1f} min" for k, v in timings.items()}
-    md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score} "
+    md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score}"
+          f"{'' if args.generalized else ' --no-generalized'} "
           f"--finetune '{args.finetune}'` on {machine_line()}; {sizes}. Wall time of this invocation "
           f"{(time.perf_counter() - t_start) / 60:.0f} min (runs finished earlier are reused; per seed: "
           f"{', '.join(f'{k} {v}' for k, v in minutes.items())}).\n\n{table}\n\n{goal_line(runs)}\n\n{margin_goal_line(runs)}")

@@ -92,11 +92,10 @@ class FinetuneConfig(ScoreConfig):
     score's fields (score, knn_k, …) come from :class:`~bohb_search.scoring.config.ScoreConfig`."""
 
     # The score a fine-tuned model is selected and scored with by default: k-NN over the tokenizer's patch
-    # statistics with density normalisation and per-bank standardisation, the best row of BENCHMARKS.md
-    # "detection" (the paper's cosine score: --score cosine).
+    # statistics with per-bank standardisation, the best row of BENCHMARKS.md "detection" (the paper's
+    # cosine score: --score cosine).
     score: Literal["cosine", "knn"] = "knn"
     embedding: Literal["head", "patch_stats"] = "patch_stats"
-    density_k: int = 1
     standardise: bool = True
     objective: Literal["poe", "margin"] = "poe"  # (search) poe: the paper's pOE around a centre + GRL; margin: classify what is known about each clip with an angular margin
     lr: float = 1e-4  # (search) AdamW lr of θ_f = last K blocks + anomaly head, > 0
