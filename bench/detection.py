@@ -209,13 +209,22 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
     return rows
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    cols = ["official_score", "auc_source", "auc_target", "pauc", "min_machine_auc"]
-    g = runs.groupby("system", sort=False)
-    out = pd.DataFrame({"seeds": g["seed"].nunique()})
+def summarize(runs: pd.DataFrame, by="system", count: str = "seeds",
+              cols=("official_score", "auc_source", "auc_target", "pauc", "min_machine_auc")) -> pd.DataFrame:
+    """Mean ± std over seeds of each metric, one row per ``by`` group; ``count`` names the seeds column."""
+    g = runs.groupby(by, sort=False)
+    out = pd.DataFrame({count: g["seed"].nunique()})
     for c in cols:
         out[c] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(g[c].mean(), g[c].std(ddof=1).fillna(0.0))]
     return out
+
+
+def training_sizes(manifest: pd.DataFrame) -> tuple[int, int, int]:
+    """Per machine: source and target training clips, labelled test clips (the synth set is balanced)."""
+    train = manifest[manifest["split"] == "train"]
+    n = manifest["machine"].nunique()
+    return (int((train["domain"] == "source").sum() / n), int((train["domain"] == "target").sum() / n),
+            int((manifest["split"] == "test").sum() / n))
 
 
 def goal_line(runs: pd.DataFrame) -> str:
@@ -291,11 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     table = to_markdown(summary)
     (args.out / "summary.md").write_text(table)
     print(table)
-    train = manifest[manifest["split"] == "train"]
-    n = manifest["machine"].nunique()
-    sizes = (f"{len(args.machines)} machines; per machine {int((train['domain'] == 'source').sum() / n)} source + "
-             f"{int((train['domain'] == 'target').sum() / n)} target training clips, "
-             f"{int((manifest['split'] == 'test').sum() / n)} labelled test clips of which the report half is scored")
+    n_source, n_target, n_test = training_sizes(manifest)
+    sizes = (f"{len(args.machines)} machines; per machine {n_source} source + {n_target} target training clips, "
+             f"{n_test} labelled test clips of which the report half is scored")
     minutes = {k: f"{np.mean(v) / 60:.1f} min" for k, v in timings.items()}
     md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score}"
           f"{'' if args.generalized else ' --no-generalized'} "

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from bench._report import machine_line, update_section
-from bench.detection import evaluate_part, logmel_statistics_scores
+from bench.detection import evaluate_part, logmel_statistics_scores, summarize, training_sizes
 from bohb_search.evaluate.tables import to_markdown
 from bohb_search.scoring.banks import EmbeddingScorer
 from bohb_search.scoring.config import ScoreConfig
@@ -101,21 +101,15 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"tokenizer": f"pre-trained, r={ecfg.unshuffle} p={ecfg.patch} "
                                       f"({ecfg.unshuffle * ecfg.patch}×{ecfg.unshuffle * ecfg.patch} px)",
                          "stride": f"{stride} frames", "seed": str(path), **evaluate_part(out)})
-    runs = pd.DataFrame(rows)
-    cols = ["official_score", "auc_source", "auc_target", "min_machine_auc"]
-    g = runs.groupby(["tokenizer", "stride"], sort=False)
-    summary = pd.DataFrame({"runs": g["seed"].nunique()})
-    for c in cols:
-        summary[c] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(g[c].mean(), g[c].std(ddof=1).fillna(0.0))]
-    summary = summary.reset_index()
+    summary = summarize(pd.DataFrame(rows), by=["tokenizer", "stride"], count="runs",
+                        cols=("official_score", "auc_source", "auc_target", "min_machine_auc")).reset_index()
     md_table = to_markdown(summary.set_index("tokenizer"))
     print(md_table)
-    train = m[m["split"] == "train"]
-    n = m["machine"].nunique()
+    n_source, n_target, _ = training_sizes(m)
     md = (f"`python -m bench.patch_statistics --seeds {' '.join(map(str, args.seeds))}"
           f"{' --pretrained ' + ' '.join(map(str, args.pretrained)) if args.pretrained else ''}` on {machine_line()}; "
-          f"the detection benchmark's data ({n} machines; per machine {int((train['domain'] == 'source').sum() / n)} "
-          f"source + {int((train['domain'] == 'target').sum() / n)} target training clips), report half, score "
+          f"the detection benchmark's data ({m['machine'].nunique()} machines; per machine {n_source} "
+          f"source + {n_target} target training clips), report half, score "
           f"`--score knn --embedding patch_stats` (1-NN, no normalisation), tokenizer width {args.dim}. "
           f"Wall time {(time.perf_counter() - t_start) / 60:.1f} min.\n\n{md_table}")
     if not args.no_write:
