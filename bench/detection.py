@@ -66,8 +66,9 @@ for _fields in SCORES.values():  # explicit, so fine-tuning with --select-score 
     _fields.setdefault("embedding", "head")
 
 # the margin objective is re-scored with fewer of them (each re-scoring embeds every clip again): the
-# paper's cosine, plain k-NN, and the normalised k-NN variants
-MARGIN_SCORES = ["cosine", "knn", "knn-dens1-std", "knn-kmeans16-interp-dens1-std"]
+# paper's cosine, plain k-NN, the normalised k-NN variants and the best patch-statistics row (the
+# tokenizer is frozen in stage 2 under either objective, so that row must equal the pOE model's)
+MARGIN_SCORES = ["cosine", "knn", "knn-dens1-std", "knn-kmeans16-interp-dens1-std", "patchstats-knn-std"]
 # the generalized models (one per objective and seed, trained on every machine at once)
 GENERALIZED_SCORES = ["cosine", "knn", "knn-dens1-std"]
 PROBE = "log-mel band statistics, k-NN (no training)"

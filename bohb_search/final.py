@@ -80,6 +80,9 @@ def load_best(path: Path) -> dict:
 
     try:
         best = json.loads(path.read_text())
+        # A search written before the patch-statistics score existed (no `embedding` key) selected its
+        # configuration with the head's embedding: retrain it with that, not with today's default.
+        best["finetune_config"].setdefault("embedding", "head")
         FinetuneConfig.from_dict(best["finetune_config"])
         best["data"], best["pretrained"]  # noqa: B018 - required keys
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:

@@ -172,3 +172,18 @@ def test_a_margin_model_with_every_clip_mixed_still_exports_a_centre_for_the_cos
     z, _, _ = t.training_embeddings()
     assert torch.allclose(bundle["center"], torch.nn.functional.normalize(z.mean(0), dim=0), atol=1e-6)
     assert np.isfinite(t.score(data.train_base[:3])).all()
+
+
+def test_margin_training_leaves_the_tokenizer_and_its_patch_statistics_untouched():
+    # Stage 2 freezes the tokenizer under either objective, so the patch-statistics score of a margin model
+    # equals that of a pOE model fine-tuned from the same encoder (BENCHMARKS.md "detection" relies on it)
+    data = make_finetune_data(table(12, 3, test_per_cell=4, machines=("fan", "valve")), ["fan"])
+    t = MarginTrainer(CFG, tiny_encoder(), data, device="cpu")
+    x = torch.from_numpy(data.train_base[:4].astype(np.float32))
+    before = {k: v.clone() for k, v in t.encoder.embed.state_dict().items()}
+    stats_before = t.encoder.patch_statistics(x.to(t.device))
+    blocks_before = [p.clone() for p in t.encoder.blocks[-1].parameters()]
+    t.step()
+    assert all(torch.equal(before[k], v) for k, v in t.encoder.embed.state_dict().items())
+    assert torch.equal(stats_before, t.encoder.patch_statistics(x.to(t.device)))
+    assert not all(torch.equal(a, b) for a, b in zip(blocks_before, t.encoder.blocks[-1].parameters()))
