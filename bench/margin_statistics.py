@@ -29,27 +29,17 @@ import torch
 
 from bench._report import machine_line, update_section
 from bench.detection import evaluate_part, summarize, training_sizes
+from bench.patch_statistics import patch_statistics_of, pretrained_encoder
 from bohb_search.evaluate.tables import to_markdown
 from bohb_search.scoring.banks import EmbeddingScorer
 from bohb_search.scoring.config import ScoreConfig
-from bohb_search.train.setup import load_pretrained
 from data.datasets import class_keys, load_feature_table, split_test_clips
 from data.features import FeatureConfig
 from data.manifest import read_manifest
-from models import SubClusterAdaCos, build_encoder
+from models import SubClusterAdaCos
 
 FRAME_STRIDE = 16  # the default score's
 EMB_DIM, N_SUBCLUSTERS, CLASS_WEIGHT_POWER, MIXUP_PROB = 128, 16, 0.5, 0.5  # the margin objective's defaults
-
-
-def patch_statistics(encoder_path: Path, x: np.ndarray) -> torch.Tensor:
-    ecfg, weights, _ = load_pretrained(encoder_path)
-    enc = build_encoder(ecfg)
-    enc.load_state_dict(weights)
-    enc.eval()
-    with torch.no_grad():
-        return torch.cat([enc.patch_statistics(torch.from_numpy(x[i : i + 64, :, : ecfg.n_frames].astype(np.float32)),
-                                               FRAME_STRIDE) for i in range(0, len(x), 64)])
 
 
 def train_margin_map(z: torch.Tensor, keys: np.ndarray, seed: int, epochs: int) -> torch.nn.Linear:
@@ -111,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     test = (m["split"] == "test").to_numpy().copy()
     rows = []
     for seed in args.seeds:
-        z = patch_statistics(args.runs / f"seed{seed}" / "pretrain" / "encoder.pt", x)
+        z = patch_statistics_of(pretrained_encoder(args.runs / f"seed{seed}" / "pretrain" / "encoder.pt"), x,
+                                FRAME_STRIDE)
         zs = z.clone()
         for machine in m["machine"].unique():
             own = (m["machine"] == machine).to_numpy().copy()

@@ -41,13 +41,27 @@ GEOMETRIES = [(4, 16), (2, 16), (4, 8), (2, 8), (4, 4)]
 FRAME_STRIDES = [64, 16, 4]  # log-mel frames between two positions of the sliding projection (= r·p: side by side)
 
 
+def pretrained_encoder(path: Path):
+    """The encoder of a ``pretrain`` checkpoint (encoder.pt), in eval mode."""
+    ecfg, weights, _ = load_pretrained(path)
+    enc = build_encoder(ecfg)
+    enc.load_state_dict(weights)
+    return enc.eval()
+
+
+def patch_statistics_of(encoder, x: np.ndarray, frame_stride: int) -> torch.Tensor:
+    """(N, 2·F·D) patch statistics of log-mels ``x`` (cropped to the encoder's frames), in batches of 64."""
+    encoder.eval()
+    x = x[..., : encoder.config.n_frames]
+    with torch.no_grad():
+        return torch.cat([encoder.patch_statistics(torch.from_numpy(x[i : i + 64].astype(np.float32)), frame_stride)
+                          for i in range(0, len(x), 64)])
+
+
 def patch_stat_scores(encoder, manifest: pd.DataFrame, x: np.ndarray, parts: np.ndarray, frame_stride: int,
                       score: ScoreConfig) -> pd.DataFrame:
     """Scores of every test clip by ``score`` over the encoder's patch statistics (fitted on training clips)."""
-    encoder.eval()
-    with torch.no_grad():
-        z = torch.cat([encoder.patch_statistics(torch.from_numpy(x[i : i + 64].astype(np.float32)), frame_stride)
-                       for i in range(0, len(x), 64)])
+    z = patch_statistics_of(encoder, x, frame_stride)
     train = (manifest["split"] == "train").to_numpy().copy()  # writable: torch indexes with it
     test = (manifest["split"] == "test").to_numpy().copy()
     scorer = EmbeddingScorer(score).fit(z[train], manifest.loc[train, "domain"].to_numpy(),
@@ -87,17 +101,16 @@ def main(argv: list[str] | None = None) -> None:
             for stride in FRAME_STRIDES:
                 if stride > r * patch:
                     continue
-                out = patch_stat_scores(enc, m, x[..., : cfg.n_frames], parts, stride, score)
+                out = patch_stat_scores(enc, m, x, parts, stride, score)
                 rows.append({"tokenizer": f"random, r={r} p={patch} ({r * patch}×{r * patch} px)",
                              "stride": f"{stride} frames", "seed": seed, **evaluate_part(out)})
     for path in args.pretrained:
-        ecfg, weights, _ = load_pretrained(path)
-        enc = build_encoder(ecfg)
-        enc.load_state_dict(weights)
+        enc = pretrained_encoder(path)
+        ecfg = enc.config
         for stride in FRAME_STRIDES:
             if stride > ecfg.unshuffle * ecfg.patch:
                 continue
-            out = patch_stat_scores(enc, m, x[..., : ecfg.n_frames], parts, stride, score)
+            out = patch_stat_scores(enc, m, x, parts, stride, score)
             rows.append({"tokenizer": f"pre-trained, r={ecfg.unshuffle} p={ecfg.patch} "
                                       f"({ecfg.unshuffle * ecfg.patch}×{ecfg.unshuffle * ecfg.patch} px)",
                          "stride": f"{stride} frames", "seed": str(path), **evaluate_part(out)})
