@@ -70,7 +70,7 @@ for _fields in SCORES.values():  # explicit, so fine-tuning with --select-score 
 # tokenizer is frozen in stage 2 under either objective, so that row must equal the pOE model's)
 MARGIN_SCORES = ["cosine", "knn", "knn-dens1-std", "knn-kmeans16-interp-dens1-std", "patchstats-knn-std"]
 # the generalized models (one per objective and seed, trained on every machine at once)
-GENERALIZED_SCORES = ["cosine", "knn", "knn-dens1-std"]
+GENERALIZED_SCORES = ["cosine", "knn", "knn-dens1-std", "patchstats-knn-std"]
 PROBE = "log-mel band statistics, k-NN (no training)"
 
 

@@ -127,18 +127,23 @@ VALIDATION_SHARE = 0.5  # of the labelled test split: the rest is the report par
 
 
 def split_test_clips(manifest: pd.DataFrame) -> np.ndarray:
-    """``"validation"`` or ``"report"`` for every row: the labelled test split cut once, the same way on
-    every machine and every run.
+    """``"validation"`` or ``"report"`` for every test row (``"train"`` for training rows): the labelled
+    test split cut once, the same way on every machine and every run.
 
     Stratified by machine × section × domain × label; within a stratum the clips are ordered by a hash
     of their file name and the first half (rounded down) validates, the rest is reported on. No seed,
-    no order dependence: a clip is on the same side in training, search, ``evaluate`` and every table.
+    no order dependence, and no dependence on what else is in ``manifest``: training rows (``split ==
+    "train"``) are never counted in a stratum (a training normal shares machine × section × domain × label
+    with the test normals and would move the cut), so a clip is on the same side in training, search,
+    ``evaluate`` and every table, whether the caller passes the test rows or the whole manifest.
     """
     parts = np.full(len(manifest), "report", dtype=object)
     keys = manifest[["machine", "section", "domain", "label"]].astype(str).agg("|".join, axis=1).to_numpy()
     digest = manifest["file"].astype(str).map(lambda f: hashlib.sha1(f.encode()).hexdigest()).to_numpy()
-    for key in np.unique(keys):
-        rows = np.flatnonzero(keys == key)
+    training = (manifest["split"] == "train").to_numpy() if "split" in manifest else np.zeros(len(manifest), bool)
+    parts[training] = "train"
+    for key in np.unique(keys[~training]):
+        rows = np.flatnonzero((keys == key) & ~training)
         rows = rows[np.argsort(digest[rows], kind="stable")]
         parts[rows[: int(len(rows) * VALIDATION_SHARE)]] = "validation"
     return parts

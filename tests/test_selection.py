@@ -128,3 +128,15 @@ def test_a_test_split_too_small_to_halve_falls_back_to_the_label_free_selection(
         make_finetune_data(table(100, 10, test_per_cell=1), ["fan"], validation="test")
     # two per cell: one normal and one anomaly per domain validate, and that is enough
     assert make_finetune_data(table(8, 2, test_per_cell=2), ["fan"]).selection == "validation part"
+
+
+def test_the_cut_of_the_test_split_does_not_depend_on_training_rows_passed_with_it():
+    # the benchmarks pass the whole manifest; training normals share machine × section × domain × label
+    # with the test normals and must not move which test clips validate and which are reported on
+    tbl = table(40, 6, test_per_cell=25, machines=("fan", "valve"))
+    whole = tbl.manifest.reset_index(drop=True)
+    test = whole["split"] == "test"
+    alone = split_test_clips(whole[test].reset_index(drop=True))
+    together = split_test_clips(whole)
+    assert (together[test.to_numpy()] == alone).all()
+    assert (together[~test.to_numpy()] == "train").all()
