@@ -95,3 +95,23 @@ def test_logmel_statistics_probe_scores_each_clip_from_training_clips_only(tmp_p
     after = logmel_statistics_scores(root, ["fan"], opts).set_index("file")["score"]
     assert len(after) == 6
     assert (after - before.loc[after.index]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["margin", "margin + perturbation classes", "poe"])
+def test_tokenizer_objectives_train_only_the_patch_projection(variant):
+    import numpy as np
+    import torch
+
+    from bench.tokenizer_objectives import train_tokenizer
+    from models import build_encoder, encoder_preset
+
+    torch.manual_seed(0)
+    enc = build_encoder(encoder_preset("tiny", dim=16, depth=1, n_mels=128, n_frames=128)).eval()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    x = torch.randn(12, 128, 128) * 10 - 40  # dB-like log-mels
+    keys = np.array(["fan|00|a|source"] * 6 + ["fan|00|b|target"] * 6)
+    train_tokenizer(enc, x, keys, variant, seed=0, epochs=1)
+    changed = {k for k, v in enc.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"embed.proj.weight", "embed.proj.bias"}
+    assert not any(p.requires_grad for p in enc.parameters()) and not enc.training
+    assert torch.isfinite(enc.patch_statistics(x[:2])).all()
