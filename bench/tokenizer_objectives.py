@@ -20,7 +20,9 @@ all 7 machines, one tokenizer for all of them, the generalized setting) with
   nine log-mel perturbations (:data:`PERTURBATIONS`, in turn), a clip perturbed in way j being class
   (its class, j) — issue 11's item 4;
 * ``poe``: eq. 9 (:func:`poe_loss`, δ = 0.5) around the EMA centre of eq. 8 (momentum 0.99), the same perturbed
-  third being the pseudo outliers.
+  third being the pseudo outliers; one centre for all machines (the paper's generalized model);
+* ``poe, a centre per machine``: the same with one centre per machine type (eq. 9 per machine, weighted by its
+  share of the batch), as each machine-specific model of the paper has its own.
 
 No test clip and no score enters training; the epoch count is fixed (not selected). Rows: report half only.
 Minutes per seed and variant on one core. Writes the "tokenizer-objectives" section of BENCHMARKS.md.
@@ -52,7 +54,7 @@ from models import SubClusterAdaCos
 FRAME_STRIDE = 16  # the default score's
 EMB_DIM, N_SUBCLUSTERS, DELTA, CENTER_MOMENTUM = 128, 16, 0.5, 0.99  # the objectives' defaults
 PERTURBED_SHARE, LR, BATCH = 1 / 3, 1e-3, 32
-VARIANTS = ("margin", "margin + perturbation classes", "poe")
+VARIANTS = ("margin", "margin + perturbation classes", "poe", "poe, a centre per machine")
 
 
 def default_score(encoder, m: pd.DataFrame, x: np.ndarray, parts: np.ndarray) -> dict:
@@ -85,7 +87,10 @@ def train_tokenizer(encoder, x_train: torch.Tensor, keys: np.ndarray, variant: s
     for p in proj:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(list(net.parameters()) + proj, lr=LR, weight_decay=1e-4)
-    gen, cfg, center = torch.Generator().manual_seed(seed), PseudoOutlierConfig(), None
+    # pOE's centre groups: one for all clips, or one per machine type (the first field of the class key)
+    group = (np.array([k.split("|")[0] for k in keys]) if variant == "poe, a centre per machine"
+             else np.zeros(len(keys), dtype=object))
+    gen, cfg, centers = torch.Generator().manual_seed(seed), PseudoOutlierConfig(), {}
     for _ in range(epochs):
         for idx in torch.randperm(len(x_train), generator=gen).split(BATCH):
             xb = x_train[idx].clone()
@@ -103,12 +108,19 @@ def train_tokenizer(encoder, x_train: torch.Tensor, keys: np.ndarray, variant: s
             if head is not None:
                 loss = torch.nn.functional.nll_loss(head(e), yb)
             else:
-                normals = e[~perturbed].detach()
-                if center is None:
-                    center = init_center(normals)
-                loss = poe_loss(e, perturbed, center, DELTA)
-                if len(normals):
-                    center = update_center(center, normals, CENTER_MOMENTUM)
+                loss = e.new_zeros(())
+                for g in np.unique(group[idx.numpy()]):
+                    sel = torch.from_numpy(group[idx.numpy()] == g)
+                    normals = e[sel & ~perturbed].detach()
+                    if g not in centers:
+                        if not len(normals):
+                            continue  # no normal of this group seen yet: no centre to push its outliers from
+                        centers[g] = init_center(normals)
+                    loss = loss + poe_loss(e[sel], perturbed[sel], centers[g], DELTA) * sel.float().mean()
+                    if len(normals):
+                        centers[g] = update_center(centers[g], normals, CENTER_MOMENTUM)
+            if not loss.requires_grad:  # a pOE batch whose groups have no centre yet: nothing to learn from
+                continue
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -137,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     train = (m["split"] == "train").to_numpy().copy()
     rows = []
     if args.gather:
-        rows = pd.concat([pd.read_csv(f) for f in args.gather]).to_dict("records")
+        # each process also scored the frozen tokenizer of its seed: keep one row per system and seed
+        rows = pd.concat([pd.read_csv(f) for f in args.gather]).drop_duplicates(["system", "seed"]).to_dict("records")
     for seed in [] if args.gather else args.seeds:
         pre = args.runs / f"seed{seed}" / "pretrain" / "encoder.pt"
         rows.append({"system": "frozen pre-trained tokenizer (what finetune does)", "seed": seed, "minutes": 0.0,

@@ -97,7 +97,7 @@ def test_logmel_statistics_probe_scores_each_clip_from_training_clips_only(tmp_p
     assert (after - before.loc[after.index]).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("variant", ["margin", "margin + perturbation classes", "poe"])
+@pytest.mark.parametrize("variant", ["margin", "margin + perturbation classes", "poe", "poe, a centre per machine"])
 def test_tokenizer_objectives_train_only_the_patch_projection(variant):
     import numpy as np
     import torch
