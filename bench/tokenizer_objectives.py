@@ -40,9 +40,8 @@ import torch
 
 from bench._report import machine_line, update_section
 from bench.detection import evaluate_part, summarize, training_sizes
-from bench.patch_statistics import patch_statistics_of, pretrained_encoder
+from bench.patch_statistics import patch_stat_scores, patch_statistics_of, pretrained_encoder
 from bohb_search.evaluate.tables import to_markdown
-from bohb_search.scoring.banks import EmbeddingScorer
 from bohb_search.scoring.config import ScoreConfig
 from bohb_search.train.losses import init_center, poe_loss, update_center
 from bohb_search.train.perturbations import PERTURBATIONS, PseudoOutlierConfig
@@ -59,19 +58,13 @@ VARIANTS = ("margin", "margin + perturbation classes", "poe", "poe, a centre per
 
 def default_score(encoder, m: pd.DataFrame, x: np.ndarray, parts: np.ndarray) -> dict:
     """The report-half metrics of ``patchstats-knn-std`` with ``encoder``'s tokenizer."""
-    z = patch_statistics_of(encoder, x, FRAME_STRIDE)
-    train = (m["split"] == "train").to_numpy().copy()
-    test = (m["split"] == "test").to_numpy().copy()
-    scorer = EmbeddingScorer(ScoreConfig(score="knn", embedding="patch_stats", standardise=True)).fit(
-        z[train], m.loc[train, "domain"].to_numpy(), m.loc[train, "machine"].to_numpy())
-    s = scorer.score(z[test], m.loc[test, "machine"].to_numpy()).numpy()
-    return evaluate_part(m[test].assign(score=s, part=parts[test]))
+    score = ScoreConfig(score="knn", embedding="patch_stats", standardise=True)
+    return evaluate_part(patch_stat_scores(encoder, m, x, parts, FRAME_STRIDE, score))
 
 
 def train_tokenizer(encoder, x_train: torch.Tensor, keys: np.ndarray, variant: str, seed: int, epochs: int):
     """Train ``encoder``'s patch projection (in place) under ``variant``; returns the encoder."""
-    with torch.no_grad():
-        z0 = torch.cat([encoder.patch_statistics(x_train[i : i + 64], FRAME_STRIDE) for i in range(0, len(x_train), 64)])
+    z0 = patch_statistics_of(encoder, x_train.numpy(), FRAME_STRIDE)
     mu, sd = z0.mean(0), z0.std(0).clamp_min(1e-6)
     kinds = list(PERTURBATIONS) if variant != "margin" else []
     base = sorted(set(keys))
