@@ -11,7 +11,9 @@ half of the labelled test split with ``--select-score``; each fine-tuned model i
 score of ``SCORES`` (no retraining; the margin objective with ``MARGIN_SCORES``). With both objectives, their
 score-level ensemble (each model standardised on its own training clips) is scored with ``--select-score`` too.
 Each objective also trains one generalized model over every machine (``GENERALIZED_SCORES``; off with
-``--no-generalized``). A probe row (``--no-probe`` to skip) scores the clips by k-NN over per-band log-mel
+``--no-generalized``; ``--generalized-only SYSTEM …`` trains only those of the systems named). ``margin-tokenizer`` is the margin objective
+with ``train_tokenizer`` (and perturbation classes): it changes the patch statistics, so it is selected with
+``patchstats-knn-std`` and re-scored with ``TOKENIZER_SCORES``; ``--tokenizer-finetune`` sets its budget. A probe row (``--no-probe`` to skip) scores the clips by k-NN over per-band log-mel
 statistics with no training at all: a lower bound on what a learned embedding should keep. Every number is
 computed on the report half, which no model and no epoch was selected on. Finished runs are reused, so the
 benchmark can be resumed.
@@ -71,6 +73,17 @@ for _fields in SCORES.values():  # explicit, so fine-tuning with --select-score 
 MARGIN_SCORES = ["cosine", "knn", "knn-dens1-std", "knn-kmeans16-interp-dens1-std", "patchstats-knn-std"]
 # the generalized models (one per objective and seed, trained on every machine at once)
 GENERALIZED_SCORES = ["cosine", "knn", "knn-dens1-std", "patchstats-knn-std"]
+# the margin objective with --train-tokenizer: it changes the patch statistics, so it is selected with the
+# score that reads them and re-scored with that and the head's best score only
+TOKENIZER_SELECT_SCORE = "patchstats-knn-std"
+TOKENIZER_SCORES = ["knn-dens1-std", "patchstats-knn-std"]
+# system name -> (objective, extra FinetuneConfig fields, row label)
+SYSTEMS = {
+    "paper": ("poe", {}, "paper system (poe)"),
+    "margin": ("margin", {}, "margin objective"),
+    "margin-tokenizer": ("margin", {"train_tokenizer": True, "perturbation_classes": True},
+                         "margin objective, tokenizer trained"),
+}
 PROBE = "log-mel band statistics, k-NN (no training)"
 
 
@@ -118,15 +131,15 @@ def logmel_statistics_scores(data: Path, machines: list[str], opts: RunOptions) 
 
 
 def run_generalized(args, seed: int, root: Path, name: str, ft: FinetuneConfig, pre: Path, machines: list[str],
-                    opts: RunOptions) -> list[dict]:
+                    opts: RunOptions, labels: list[str]) -> list[dict]:
     """One model of the objective over every machine at once (the paper's generalized variant), re-scored
-    with ``GENERALIZED_SCORES``."""
+    with ``labels``."""
     model = root / f"{name}-generalized" / "model.pt"
     if not model.exists():
         run_finetune(ft, [args.data], model.parent, machines, pretrained=pre, opts=opts)
     rows = []
-    system = "paper system (poe)" if name == "paper" else "margin objective"
-    for label in dict.fromkeys(GENERALIZED_SCORES + [args.select_score]):
+    system = SYSTEMS[name][2]
+    for label in labels:
         ev = model.parent / f"eval-{label}"
         if not (ev / "scores.csv").exists():
             run_evaluate(model, [args.data], ev, opts=opts, score=ScoreConfig.of(SCORES[label]).to_dict())
@@ -161,8 +174,7 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
             rows.append({"system": f"DCASE AE ({'MSE' if score == 'mse' else 'MAHALA'})", "seed": seed,
                          **evaluate_part(pd.concat(frames))})
         timings.setdefault("ae", []).append(time.perf_counter() - t0)
-    objectives = [(name, objective) for name, objective in (("paper", "poe"), ("margin", "margin"))
-                  if name in args.systems]
+    objectives = [(name, SYSTEMS[name][0]) for name in SYSTEMS if name in args.systems]
     if objectives:
         t0 = time.perf_counter()
         pre = root / "pretrain" / "encoder.pt"
@@ -175,11 +187,16 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
     for name, objective in objectives:
         # the same encoder and fine-tuning settings; only the stage-2 objective differs
         t0 = time.perf_counter()
-        ft = FinetuneConfig.from_dict({**json.loads(args.finetune), "seed": seed, "objective": objective,
-                                       **SCORES[args.select_score]})
-        labels = list(SCORES) if objective == "poe" else [s for s in SCORES if s in MARGIN_SCORES + [args.select_score]]
-        per_score = {s: [] for s in labels}
-        for m in machines:
+        tokenizer = name == "margin-tokenizer"
+        select = TOKENIZER_SELECT_SCORE if tokenizer else args.select_score
+        ft = FinetuneConfig.from_dict({**json.loads(args.finetune), **(json.loads(args.tokenizer_finetune) if tokenizer
+                                                                         else {}),
+                                       "seed": seed, "objective": objective, **SYSTEMS[name][1], **SCORES[select]})
+        labels = (TOKENIZER_SCORES if tokenizer else list(SCORES) if objective == "poe"
+                  else [s for s in SCORES if s in MARGIN_SCORES + [select]])
+        specific = name not in args.generalized_only
+        per_score = {s: [] for s in labels} if specific else {}
+        for m in machines if specific else []:
             model = root / name / m / "model.pt"
             if not model.exists():
                 run_finetune(ft, [args.data], model.parent, [m], pretrained=pre, opts=opts)
@@ -189,21 +206,23 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
                 if not (ev / "scores.csv").exists():
                     run_evaluate(model, [args.data], ev, opts=opts, score=ScoreConfig.of(fields).to_dict())
                 per_score[label].append(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
-        system = "paper system (poe)" if objective == "poe" else "margin objective"
+        system = SYSTEMS[name][2]
         for label, frames in per_score.items():
             rows.append({"system": f"{system}, {label}", "seed": seed, **evaluate_part(pd.concat(frames))})
-        timings.setdefault(f"finetune {objective}", []).append(time.perf_counter() - t0)
+        if specific:
+            timings.setdefault(f"finetune {name}", []).append(time.perf_counter() - t0)
         if args.generalized:
             t0 = time.perf_counter()
-            rows += run_generalized(args, seed, root, name, ft, pre, machines, opts)
-            timings.setdefault(f"generalized {objective}", []).append(time.perf_counter() - t0)
-    if len(objectives) == 2:
+            rows += run_generalized(args, seed, root, name, ft, pre, machines, opts,
+                                    TOKENIZER_SCORES if tokenizer else list(dict.fromkeys(GENERALIZED_SCORES + [select])))
+            timings.setdefault(f"generalized {name}", []).append(time.perf_counter() - t0)
+    if {"paper", "margin"} <= set(args.systems) - set(args.generalized_only):
         # issue 11's ensemble: the two objectives' scores, each standardised on its own training clips
         label, frames = args.select_score, []
         for m in machines:
             ev = root / "ensemble" / m / f"eval-{label}"
             if not (ev / "scores.csv").exists():
-                run_evaluate([root / name / m / "model.pt" for name, _ in objectives], [args.data], ev, opts=opts,
+                run_evaluate([root / name / m / "model.pt" for name in ("paper", "margin")], [args.data], ev, opts=opts,
                              score=ScoreConfig.of(SCORES[label]).to_dict())
             frames.append(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
         rows.append({"system": f"ensemble poe + margin, {label}", "seed": seed, **evaluate_part(pd.concat(frames))})
@@ -264,8 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=Path("results/bench/det/data"))
     p.add_argument("--out", type=Path, default=Path("results/bench/det/runs"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--systems", nargs="+", default=["ae", "paper", "margin"], choices=["ae", "paper", "margin"],
-                   help="ae: the faithful DCASE AE; paper: pOE + GRL fine-tuning; margin: the angular-margin objective")
+    p.add_argument("--systems", nargs="+", default=["ae", "paper", "margin", "margin-tokenizer"],
+                   choices=["ae", *SYSTEMS],
+                   help="ae: the faithful DCASE AE; paper: pOE + GRL fine-tuning; margin: the angular-margin objective; "
+                        "margin-tokenizer: the same with --train-tokenizer and --perturbation-classes")
     p.add_argument("--machines", nargs="+", default=list(DEV_MACHINES))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--ae-epochs", type=int, default=100, help="official: 100")
@@ -277,10 +298,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune", default='{"lr": 1e-3, "batch_size": 32, "max_epochs": 20, "patience": 8}',
                    help="FinetuneConfig fields as JSON (the rest are the defaults)")
     p.add_argument("--select-score", default="knn-dens1-std", choices=list(SCORES),
-                   help="the score the fine-tuning selects its epoch with")
+                   help=f"the score the fine-tuning selects its epoch with (margin-tokenizer: {TOKENIZER_SELECT_SCORE})")
+    p.add_argument("--tokenizer-finetune", default="{}",
+                   help="FinetuneConfig fields as JSON that margin-tokenizer sets over --finetune (its budget)")
     p.add_argument("--cache-dir", type=Path, default=Path("results/bench/det/cache"))
     p.add_argument("--no-generalized", dest="generalized", action="store_false",
                    help="skip the generalized model (one per objective over every machine)")
+    p.add_argument("--generalized-only", nargs="*", default=[], choices=list(SYSTEMS),
+                   help="systems of which only the generalized model is trained (no model per machine)")
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip the log-mel statistics k-NN probe")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -306,8 +331,10 @@ def main(argv: list[str] | None = None) -> None:
              f"{n_test} labelled test clips of which the report half is scored")
     minutes = {k: f"{np.mean(v) / 60:.1f} min" for k, v in timings.items()}
     md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score}"
-          f"{'' if args.generalized else ' --no-generalized'} "
-          f"--finetune '{args.finetune}'` on {machine_line()}; {sizes}. Wall time of this invocation "
+          f"{'' if args.generalized else ' --no-generalized'}{' --generalized-only ' + ' '.join(args.generalized_only) if args.generalized_only else ''} "
+          f"--finetune '{args.finetune}'"
+          f"{'' if args.tokenizer_finetune == '{}' else f' --tokenizer-finetune {chr(39)}{args.tokenizer_finetune}{chr(39)}'}` "
+          f"on {machine_line()}; {sizes}. Wall time of this invocation "
           f"{(time.perf_counter() - t_start) / 60:.0f} min (runs finished earlier are reused; per seed: "
           f"{', '.join(f'{k} {v}' for k, v in minutes.items())}).\n\n{table}\n\n{goal_line(runs)}\n\n{margin_goal_line(runs)}")
     if not args.no_write:

@@ -11,7 +11,7 @@ Imports neither ``data`` nor ``bohb_search``. Names are imported on first use (P
     attention.py    AttentionBlock: the AST-style baseline block
     layers.py       norm choice, MLP sub-block, stochastic depth
     encoder.py      Encoder / build_encoder → EncoderOutput(pooled, layers, tokens)
-    heads.py        ClassificationHead (eq. 7), AnomalyHead (eq. 4-6)
+    heads.py        ClassificationHead (eq. 7), AnomalyHead (eq. 4-6), PatchStatisticsMap (margin objective)
     margin.py       SubClusterAdaCos, ArcFace: angular-margin class heads (the margin objective)
     domain.py       grad_reverse / GradientReversal, DomainClassifier (eq. 10)
     autoencoder.py  the DCASE AE baseline, frame-context vectors, MSE and Mahalanobis scores
@@ -38,6 +38,7 @@ _EXPORTS = {
     "GradientReversal": "domain",
     "MahalanobisModel": "autoencoder",
     "PRESETS": "config",
+    "PatchStatisticsMap": "heads",
     "PixelUnshufflePatchEmbed": "tokenizer",
     "SCAN_BACKENDS": "config",
     "build_encoder": "encoder",

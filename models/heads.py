@@ -70,3 +70,29 @@ class AnomalyHead(nn.Module):
     def forward(self, pooled: torch.Tensor, layers: Sequence[torch.Tensor]) -> torch.Tensor:
         h = self.fused_feature(pooled, layers)
         return self.fc2(F.relu(self.bn(self.drop(self.fc1(h)))))
+
+
+class PatchStatisticsMap(nn.Module):
+    """Patch statistics (:meth:`Encoder.patch_statistics`) → an embedding the margin objective classifies,
+    so that the tokenizer's projection can be trained through the statistics the default score reads.
+
+        e = W (s − μ) / σ + b
+
+    μ and σ are fixed buffers: the statistics' mean and standard deviation over the training clips under the
+    *pre-trained* tokenizer, so the map starts on inputs of unit scale whatever the projection's scale, and
+    moving the projection is what changes them. W is Xavier-uniform from a seeded generator, b = 0 (the
+    same map on every run of a seed, whatever else was drawn before).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, emb_dim: int = 128, seed: int = 0):
+        super().__init__()
+        if mean.shape != std.shape or mean.dim() != 1:
+            raise ValueError(f"mean and std must be vectors of one length, got {tuple(mean.shape)} and {tuple(std.shape)}")
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float().clamp_min(1e-6))
+        self.linear = nn.Linear(len(mean), emb_dim)
+        nn.init.xavier_uniform_(self.linear.weight, generator=torch.Generator().manual_seed(seed))
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, stats: torch.Tensor) -> torch.Tensor:
+        return self.linear((stats.float() - self.mean) / self.std)

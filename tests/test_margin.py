@@ -124,9 +124,10 @@ CFG = FinetuneConfig(objective="margin", batch_size=8, accum_steps=2, max_epochs
                      n_subclusters=2, score="knn")
 
 
-@pytest.mark.parametrize("loss", ["adacos", "arcface"])
-def test_margin_trainer_resumes_exactly(loss):
-    cfg = FinetuneConfig(**{**CFG.to_dict(), "margin_loss": loss, "adacos_dynamic": True})
+@pytest.mark.parametrize("loss, train_tokenizer", [("adacos", False), ("arcface", False), ("adacos", True)])
+def test_margin_trainer_resumes_exactly(loss, train_tokenizer):
+    cfg = FinetuneConfig(**{**CFG.to_dict(), "margin_loss": loss, "adacos_dynamic": True,
+                            "train_tokenizer": train_tokenizer})
 
     def data():
         return make_finetune_data(table(12, 3, test_per_cell=4, machines=("fan", "valve")), ["fan"])
@@ -145,6 +146,14 @@ def test_margin_trainer_resumes_exactly(loss):
         assert torch.equal(a, b)
     for a, b in zip(straight.head.state_dict().values(), resumed.head.state_dict().values()):
         assert torch.equal(a, b)
+    for a, b in zip(straight.encoder.state_dict().values(), resumed.encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    if train_tokenizer:
+        assert "loss_tokenizer" in m_straight[-1]
+        for module in ("stats_map", "stats_head"):
+            for a, b in zip(getattr(straight, module).state_dict().values(),
+                            getattr(resumed, module).state_dict().values()):
+                assert torch.equal(a, b)
     # other machines' normals are classes too; the perturbed copies are classes (class, kind)
     assert any(c.startswith("valve|") for c in straight.classes)
     assert any("#" in c for c in straight.classes)
@@ -187,3 +196,38 @@ def test_margin_training_leaves_the_tokenizer_and_its_patch_statistics_untouched
     assert all(torch.equal(before[k], v) for k, v in t.encoder.embed.state_dict().items())
     assert torch.equal(stats_before, t.encoder.patch_statistics(x.to(t.device)))
     assert not all(torch.equal(a, b) for a, b in zip(blocks_before, t.encoder.blocks[-1].parameters()))
+
+
+def test_train_tokenizer_trains_the_patch_projection_through_the_statistics_only():
+    # --train-tokenizer: the patch projection (and so the patch statistics the default score reads) learns,
+    # and only through the statistics head: the blocks' task reads the tokens without moving them
+    data = make_finetune_data(table(12, 3, test_per_cell=4, machines=("fan", "valve")), ["fan"])
+    t = MarginTrainer(FinetuneConfig(**{**CFG.to_dict(), "train_tokenizer": True}), tiny_encoder(), data,
+                      device="cpu")
+    x = torch.from_numpy(data.train_base[:4].astype(np.float32)).unsqueeze(1)
+    t._set_train(True)
+    t._forward(x).pow(2).sum().backward()
+    assert t.encoder.embed.proj.weight.grad is None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.encoder.blocks[-1].parameters())
+    t.stats_map(t.encoder.patch_statistics(x)).pow(2).sum().backward()
+    assert t.encoder.embed.proj.weight.grad.abs().sum() > 0
+    t.opt_f.zero_grad(set_to_none=True)
+
+    before = {k: v.clone() for k, v in t.encoder.state_dict().items()}
+    stats_before = t.encoder.patch_statistics(x)
+    t.step()
+    changed = {k for k, v in t.encoder.state_dict().items() if not torch.equal(before[k], v)}
+    assert {"embed.proj.weight", "embed.proj.bias"} <= changed
+    assert not {k for k in changed if k.startswith("embed.") and not k.startswith("embed.proj.")}
+    assert not any(k.startswith(("blocks.0.", "blocks.1.")) for k in changed)  # unfreeze_k 1 of 3
+    assert not torch.equal(stats_before, t.encoder.patch_statistics(x))
+    # the exported model scores with the trained tokenizer: its training statistics are the new ones
+    z = t.export()["train_patch_stats"]
+    rows, _ = t._unique_training_rows()
+    assert torch.allclose(z, t.encoder.patch_statistics(torch.from_numpy(data.train_base[rows].astype(np.float32))),
+                          atol=1e-5)
+
+
+def test_train_tokenizer_belongs_to_the_margin_objective():
+    with pytest.raises(ValueError, match="finetune train_tokenizer: only the margin objective"):
+        FinetuneConfig(objective="poe", train_tokenizer=True)

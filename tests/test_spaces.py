@@ -39,6 +39,7 @@ def test_condition_is_respected():
     for s in space.configspace.sample_configuration(30):
         d = dict(s)
         assert ("knn_k" in d) == (d["score"] == "knn")
+        assert ("train_tokenizer" in d) == (d["objective"] == "margin")  # only the margin objective trains it
 
 
 CASES = {

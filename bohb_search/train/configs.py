@@ -124,6 +124,7 @@ class FinetuneConfig(ScoreConfig):
     arcface_scale: float = 30.0  # margin objective, arcface: scale s
     mixup_prob: float = 0.5  # margin objective: share in [0, 1] of clips mixed with another clip of the batch (labels mixed)
     perturbation_classes: bool = False  # margin objective: a clip perturbed in way j is an extra class (its class, j)
+    train_tokenizer: bool = False  # margin objective: also train the tokenizer's patch projection, through a second margin head on its patch statistics (what the default score reads)
     pseudo_classes: int = 4  # margin objective: k-means clusters of the pre-trained embeddings per machine and domain, for clips without attributes (1 = none)
     class_weight_power: float = 0.5  # margin objective: class weight (N / (C·n_c))^power, power in [0, 1]: 0 = unweighted, 1 = fully balanced
     max_epochs: int = 100  # at most this many epochs (paper: 100)
@@ -159,6 +160,10 @@ class FinetuneConfig(ScoreConfig):
         for name, allowed in (("objective", ("poe", "margin")), ("margin_loss", ("adacos", "arcface"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"finetune {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.train_tokenizer and self.objective != "margin":
+            # measured: the pOE task trains the tokenizer away from the faults (BENCHMARKS.md "tokenizer-objectives")
+            raise ValueError(f"finetune train_tokenizer: only the margin objective trains the tokenizer "
+                             f"(objective is {self.objective!r})")
         self.perturbations = tuple(self.perturbations)
         self.head_layers = tuple(int(i) for i in self.head_layers)
 

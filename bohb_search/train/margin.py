@@ -12,6 +12,12 @@ collapsed solution a compactness loss allows). Here, on the same encoder and ano
   encoder's embeddings, per machine and domain; with ``perturbation_classes`` a clip perturbed in way
   j (the pOE log-mel perturbations) is class (its class, j), a self-supervised task in the spirit of
   feature/statistics exposure;
+* **tokenizer** (``train_tokenizer``) — stage 2 otherwise leaves the tokenizer as pre-training made it,
+  and with it the patch statistics the default score reads. With this setting its patch projection is
+  trained too, through a second margin head on those statistics (:class:`~models.heads.PatchStatisticsMap`,
+  the same classes and soft labels, un-mixed clips only); the blocks' task reads the tokens but does not
+  move them (its gradient stops at the tokenizer), because the embedding the blocks learn is the one
+  that discards the faults (BENCHMARKS.md "margin-statistics"; "tokenizer-objectives" measures the idea);
 * **loss** — sub-cluster AdaCos or ArcFace (:mod:`models.margin`), soft labels, class weights
   (N / (C·n_c))^power so that the ~10 target clips' classes do not vanish;
 * **mixup** — with probability ``mixup_prob`` a clip is mixed with another clip of the batch, in the
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 
 from data.datasets import NO_ATTRIBUTES, FinetuneData, to_tensor
-from models import ArcFace, EncoderConfig, SubClusterAdaCos
+from models import ArcFace, EncoderConfig, PatchStatisticsMap, SubClusterAdaCos
 
 from .configs import FinetuneConfig
 from .finetune import FinetuneTrainer
@@ -88,13 +94,35 @@ class MarginTrainer(FinetuneTrainer):
         self.pool_label = torch.tensor([index[k] for k in pool_keys], dtype=torch.long)
         self.perturbed_label = {j: torch.tensor([index[f"{k}#{j}"] for k in base_keys]) for j in self.kinds}
         self.class_weight = self._class_weights()
-        n = len(self.classes)
-        if cfg.margin_loss == "arcface":
-            self.margin_head = ArcFace(cfg.emb_dim, n, cfg.arcface_margin, cfg.arcface_scale, seed=cfg.seed)
-        else:
-            self.margin_head = SubClusterAdaCos(cfg.emb_dim, n, cfg.n_subclusters, cfg.adacos_dynamic, seed=cfg.seed)
-        self.margin_head.to(self.device)
+        self.margin_head = self._new_margin_head(cfg.seed)
+        self.stats_map: PatchStatisticsMap | None = None
+        self.stats_head: torch.nn.Module | None = None
+        if cfg.train_tokenizer:
+            self._add_tokenizer_task()
         self.opt_f = torch.optim.AdamW(self.feature_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _new_margin_head(self, seed: int) -> torch.nn.Module:
+        cfg, n = self.cfg, len(self.classes)
+        if cfg.margin_loss == "arcface":
+            head = ArcFace(cfg.emb_dim, n, cfg.arcface_margin, cfg.arcface_scale, seed=seed)
+        else:
+            head = SubClusterAdaCos(cfg.emb_dim, n, cfg.n_subclusters, cfg.adacos_dynamic, seed=seed)
+        return head.to(self.device)
+
+    def _add_tokenizer_task(self) -> None:
+        """The statistics map and its own margin head (other centres: seed + 1), the patch projection made
+        trainable, and the blocks cut off from it (a forward hook detaches the tokenizer's output)."""
+        with torch.no_grad():
+            self.encoder.eval()
+            feats = self.data.train_base
+            stats = torch.cat([self.encoder.patch_statistics(to_tensor(feats[i : i + 32], self.device)).float()
+                               for i in range(0, len(feats), 32)])
+        self.stats_map = PatchStatisticsMap(stats.mean(0), stats.std(0), self.cfg.emb_dim,
+                                            seed=self.cfg.seed + 1).to(self.device)
+        self.stats_head = self._new_margin_head(self.cfg.seed + 1)
+        for p in self.encoder.embed.proj.parameters():
+            p.requires_grad_(True)
+        self.encoder.embed.register_forward_hook(lambda module, inputs, tokens: tokens.detach())
 
     # ---- classes ------------------------------------------------------------------------------
     def _with_pseudo_classes(self, keys: np.ndarray) -> np.ndarray:
@@ -140,16 +168,20 @@ class MarginTrainer(FinetuneTrainer):
     # ---- one epoch ----------------------------------------------------------------------------
     def feature_parameters(self) -> list[torch.nn.Parameter]:
         params = super().feature_parameters()
-        head = getattr(self, "margin_head", None)
-        return params + ([p for p in head.parameters() if p.requires_grad] if head is not None else [])
+        for name in ("margin_head", "stats_map", "stats_head"):  # absent while the base class is built
+            module = getattr(self, name, None)
+            params += [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        return params
 
     def _set_train(self, training: bool) -> None:
         super()._set_train(training)
-        if hasattr(self, "margin_head"):
-            self.margin_head.train(training)
+        for name in ("margin_head", "stats_map", "stats_head"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).train(training)
 
-    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-mels, soft labels and a mask of the un-mixed own clips (for the centre) of one batch."""
+    def _batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-mels, soft labels, a mask of the un-mixed own clips (for the centre) and one of the mixed
+        clips of one batch."""
         cfg, gen, n_cls = self.cfg, self.generator, len(self.classes)
         rows = self.data.train_index[idx]
         x = torch.from_numpy(self.data.train_base[rows].astype(np.float32))
@@ -177,23 +209,29 @@ class MarginTrainer(FinetuneTrainer):
             lam = torch.where(mixed, lam, torch.ones_like(lam))
             x = torch.where(mixed.view(-1, 1, 1), power_mix(x, x[partner], lam), x)
             y = lam.view(-1, 1) * y + (1 - lam.view(-1, 1)) * y[partner]
-        return x, y, own & ~mixed
+        return x, y, own & ~mixed, mixed
 
     def _train_epoch(self) -> dict:
         cfg = self.cfg
         self._set_train(True)
         self.opt_f.zero_grad(set_to_none=True)
         batch_ids = self._epoch_batch_ids()
-        total, correct, seen = 0.0, 0.0, 0
+        total, total_tokenizer, correct, seen = 0.0, 0.0, 0.0, 0
         w = self.class_weight.to(self.device)
         for b, idx in enumerate(batch_ids):
-            x, y, plain = self._batch(idx)
+            x, y, plain, mixed = self._batch(idx)
             x, y = x.unsqueeze(1).to(self.device), y.to(self.device)
             z = self._forward(x)
             if not torch.isfinite(z).all():
                 raise FloatingPointError(f"non-finite embeddings at epoch {self.epoch + 1} (diverged, or NaN input)")
             logp = self.margin_head(z, y)
             loss = -(y * w * logp).sum(dim=1).mean()
+            if self.stats_map is not None and not mixed.all():
+                keep = ~mixed.to(self.device)
+                logp_stats = self.stats_head(self.stats_map(self.encoder.patch_statistics(x[keep])), y[keep])
+                loss_tokenizer = -(y[keep] * w * logp_stats).sum(dim=1).mean()
+                loss = loss + loss_tokenizer
+                total_tokenizer += loss_tokenizer.item()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite margin loss at epoch {self.epoch + 1}, batch {b + 1}")
             (loss / cfg.accum_steps).backward()
@@ -208,19 +246,31 @@ class MarginTrainer(FinetuneTrainer):
             total += loss.item()
             correct += float((logp.argmax(1) == y.argmax(1)).float().sum())
             seen += len(y)
-        return {"loss_total": total / max(len(batch_ids), 1), "train_accuracy": correct / max(seen, 1),
-                "margin_scale": float(self.margin_head.scale) if hasattr(self.margin_head, "scale") else
-                self.margin_head.s, "optimizer_steps": -(-len(batch_ids) // cfg.accum_steps)}
+        out = {"loss_total": total / max(len(batch_ids), 1), "train_accuracy": correct / max(seen, 1),
+               "margin_scale": float(self.margin_head.scale) if hasattr(self.margin_head, "scale") else
+               self.margin_head.s, "optimizer_steps": -(-len(batch_ids) // cfg.accum_steps)}
+        if self.stats_map is not None:
+            out["loss_tokenizer"] = total_tokenizer / max(len(batch_ids), 1)
+        return out
 
     # ---- state --------------------------------------------------------------------------------
     def _model_state(self) -> dict:
         state = super()._model_state()
-        state["margin_head"] = {k: v.clone() for k, v in self.margin_head.state_dict().items()}
+        for name in ("margin_head", "stats_map", "stats_head"):
+            module = getattr(self, name)
+            if module is not None:
+                state[name] = {k: v.clone() for k, v in module.state_dict().items()}
         return state
 
     def _load_model_state(self, state: dict) -> None:
         super()._load_model_state(state)
-        self.margin_head.load_state_dict(state["margin_head"])
+        for name in ("margin_head", "stats_map", "stats_head"):
+            module = getattr(self, name)
+            if (module is None) != (name not in state):
+                raise ValueError(f"the saved margin trainer was run with train_tokenizer {name in state}, "
+                                 f"this one with {module is not None}")
+            if module is not None:
+                module.load_state_dict(state[name])
 
     def _extra_state(self) -> dict:
         return {**super()._extra_state(), "classes": list(self.classes)}

@@ -113,10 +113,11 @@ def build_trainer(setup: FinetuneSetup, cfg: FinetuneConfig, device: str = "auto
                               select_on_all=cfg.select_on_all)
     trainer = (MarginTrainer if cfg.objective == "margin" else FinetuneTrainer)(
         cfg, setup.encoder_cfg, data, setup.encoder_state, device=device)
-    if cfg.score == "knn" and cfg.embedding == "patch_stats":
+    if cfg.score == "knn" and cfg.embedding == "patch_stats" and not cfg.train_tokenizer:
         trainer.notes.append("the score compares the tokenizer's patch statistics, which fine-tuning does not change "
                              "(the tokenizer stays frozen): every epoch validates alike, so the first is kept; "
-                             "--embedding head scores and selects with the fine-tuned head instead")
+                             "--embedding head scores and selects with the fine-tuned head instead, "
+                             "--train-tokenizer (margin objective) trains the tokenizer too")
     return trainer
 
 
