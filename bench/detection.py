@@ -11,10 +11,11 @@ half of the labelled test split with ``--select-score``; each fine-tuned model i
 score of ``SCORES`` (no retraining; the margin objective with ``MARGIN_SCORES``). With both objectives, their
 score-level ensemble (each model standardised on its own training clips) is scored with ``--select-score`` too.
 Each objective also trains one generalized model over every machine (``GENERALIZED_SCORES``; off with
-``--no-generalized``; ``--generalized-only SYSTEM …`` trains only those of the systems named). ``margin-tokenizer`` is the margin objective
-with ``train_tokenizer`` (and perturbation classes): it changes the patch statistics, so it is selected with
-``patchstats-knn-std`` and re-scored with ``TOKENIZER_SCORES``; ``--tokenizer-finetune`` sets its budget. A probe row (``--no-probe`` to skip) scores the clips by k-NN over per-band log-mel
-statistics with no training at all: a lower bound on what a learned embedding should keep. Every number is
+``--no-generalized``; ``--generalized-only SYSTEM …`` trains only those of the systems named).
+``margin-tokenizer`` is the margin objective with ``train_tokenizer`` (and perturbation classes): it changes the
+patch statistics, so it is selected with ``patchstats-knn-std`` and re-scored with ``TOKENIZER_SCORES``;
+``--tokenizer-finetune`` sets its budget. A probe row (``--no-probe`` to skip) scores the clips by k-NN over
+per-band log-mel statistics with no training at all: a lower bound on what a learned embedding should keep. Every number is
 computed on the report half, which no model and no epoch was selected on. Finished runs are reused, so the
 benchmark can be resumed.
 

@@ -45,6 +45,7 @@ from .perturbations import PERTURBATIONS
 
 _LN10_OVER_10 = math.log(10.0) / 10.0
 PERTURBED_SHARE = 1 / 3  # with perturbation classes: share of a batch's own clips that are perturbed
+HEADS = ("margin_head", "stats_map", "stats_head")  # the trainer's modules beside the encoder and anomaly head
 
 
 def pseudo_class_labels(embeddings: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
@@ -168,14 +169,14 @@ class MarginTrainer(FinetuneTrainer):
     # ---- one epoch ----------------------------------------------------------------------------
     def feature_parameters(self) -> list[torch.nn.Parameter]:
         params = super().feature_parameters()
-        for name in ("margin_head", "stats_map", "stats_head"):  # absent while the base class is built
+        for name in HEADS:  # absent while the base class is built
             module = getattr(self, name, None)
             params += [p for p in module.parameters() if p.requires_grad] if module is not None else []
         return params
 
     def _set_train(self, training: bool) -> None:
         super()._set_train(training)
-        for name in ("margin_head", "stats_map", "stats_head"):
+        for name in HEADS:
             if getattr(self, name, None) is not None:
                 getattr(self, name).train(training)
 
@@ -256,7 +257,7 @@ class MarginTrainer(FinetuneTrainer):
     # ---- state --------------------------------------------------------------------------------
     def _model_state(self) -> dict:
         state = super()._model_state()
-        for name in ("margin_head", "stats_map", "stats_head"):
+        for name in HEADS:
             module = getattr(self, name)
             if module is not None:
                 state[name] = {k: v.clone() for k, v in module.state_dict().items()}
@@ -264,7 +265,7 @@ class MarginTrainer(FinetuneTrainer):
 
     def _load_model_state(self, state: dict) -> None:
         super()._load_model_state(state)
-        for name in ("margin_head", "stats_map", "stats_head"):
+        for name in HEADS:
             module = getattr(self, name)
             if (module is None) != (name not in state):
                 raise ValueError(f"the saved margin trainer was run with train_tokenizer {name in state}, "
