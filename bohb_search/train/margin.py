@@ -113,11 +113,7 @@ class MarginTrainer(FinetuneTrainer):
     def _add_tokenizer_task(self) -> None:
         """The statistics map and its own margin head (other centres: seed + 1), the patch projection made
         trainable, and the blocks cut off from it (a forward hook detaches the tokenizer's output)."""
-        with torch.no_grad():
-            self.encoder.eval()
-            feats = self.data.train_base
-            stats = torch.cat([self.encoder.patch_statistics(to_tensor(feats[i : i + 32], self.device)).float()
-                               for i in range(0, len(feats), 32)])
+        stats = self.embed(self.data.train_base, batch_size=32, embedding="patch_stats")
         self.stats_map = PatchStatisticsMap(stats.mean(0), stats.std(0), self.cfg.emb_dim,
                                             seed=self.cfg.seed + 1).to(self.device)
         self.stats_head = self._new_margin_head(self.cfg.seed + 1)
