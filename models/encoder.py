@@ -74,8 +74,9 @@ class Encoder(nn.Module):
     def patch_statistics(self, x: torch.Tensor, frame_stride: int = 16) -> torch.Tensor:
         """(B, [1,] H, W) log-mel → (B, 2·F·D) time statistics of the tokenizer's patch projection taken every
         ``frame_stride`` log-mel frames (rounded to a multiple of the unshuffle factor), see
-        :meth:`PixelUnshufflePatchEmbed.time_statistics`. Uses no block: fine-tuning (which freezes the
-        tokenizer) does not change it, pre-training does."""
+        :meth:`PixelUnshufflePatchEmbed.time_statistics`. Uses no block: pre-training changes it; fine-tuning
+        freezes the tokenizer and leaves it as it is, unless the margin objective's ``train_tokenizer`` trains
+        the patch projection through it."""
         if x.dim() == 3:
             x = x.unsqueeze(1)
         cfg = self.config
