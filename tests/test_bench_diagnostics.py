@@ -74,6 +74,17 @@ def test_detection_goal_lines_read_the_means_over_seeds():
     mixed = pd.concat([worse_ae, others])
     assert "**not met**" in goal_line(mixed) and PROBE not in goal_line(mixed)
     assert PROBE not in margin_goal_line(mixed)
+    # an ensemble of two models beats the single pOE model (the goal), but not the ensemble of two pOE models
+    # (--poe-seed-ensemble): the like-for-like verdict says so, and the pOE ensemble is never the goal's bar
+    two = runs[~runs["system"].str.startswith("margin")]
+    two = pd.concat([two, pd.DataFrame(rows("ensemble poe + margin (tokenizer trained), generalized, x", 0.68, 0.64, 0.5))])
+    assert margin_goal_line(two).count("**met**") == 1 and "Like for like" not in margin_goal_line(two)
+    with_bar = pd.concat([two, pd.DataFrame(rows("paper system (poe) ×2, ensemble, generalized, x", 0.69, 0.65, 0.5))])
+    goal, like = margin_goal_line(with_bar).split("Like for like")
+    assert "**met**" in goal and "paper system (poe), cosine" in goal
+    assert "**not met**" in like and "paper system (poe) ×2" in like
+    better = pd.concat([two, pd.DataFrame(rows("paper system (poe) ×2, ensemble, generalized, x", 0.67, 0.63, 0.5))])
+    assert margin_goal_line(better).count("**met**") == 2
 
 
 def test_logmel_statistics_probe_scores_each_clip_from_training_clips_only(tmp_path):
