@@ -16,10 +16,10 @@ Each objective also trains one generalized model over every machine (``GENERALIZ
 patch statistics, so it is selected with ``patchstats-knn-std`` and re-scored with ``TOKENIZER_SCORES``;
 ``--tokenizer-finetune`` sets its budget. With both ``paper`` and ``margin-tokenizer`` generalized, the ensemble of
 those two models is scored with ``patchstats-knn-std``; ``--poe-seed-ensemble`` adds its like-for-like bar, a
-second paper-system generalized model on a second pre-training seed and the ensemble of the two pOE models. A probe row (``--no-probe`` to skip) scores the clips by k-NN over
-per-band log-mel statistics with no training at all: a lower bound on what a learned embedding should keep. Every number is
-computed on the report half, which no model and no epoch was selected on. Finished runs are reused, so the
-benchmark can be resumed.
+second paper-system generalized model on a second pre-training seed and the ensemble of the two pOE models.
+A probe row (``--no-probe`` to skip) scores the clips by k-NN over per-band log-mel statistics with no training
+at all: a lower bound on what a learned embedding should keep. Every number is computed on the report half,
+which no model and no epoch was selected on. Finished runs are reused, so the benchmark can be resumed.
 
 Writes ``runs.csv`` (system × seed × machine), ``summary.csv`` / ``summary.md`` (mean ± std over seeds) and the
 "detection" section of BENCHMARKS.md.
