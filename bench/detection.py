@@ -142,15 +142,9 @@ def run_generalized(args, seed: int, root: Path, name: str, ft: FinetuneConfig, 
     model = root / f"{name}-generalized" / "model.pt"
     if not model.exists():
         run_finetune(ft, [args.data], model.parent, machines, pretrained=pre, opts=opts)
-    rows = []
     system = SYSTEMS[name][2]
-    for label in labels:
-        ev = model.parent / f"eval-{label}"
-        if not (ev / "scores.csv").exists():
-            run_evaluate(model, [args.data], ev, opts=opts, score=ScoreConfig.of(SCORES[label]).to_dict())
-        rows.append({"system": f"{system}, generalized, {label}", "seed": seed,
-                     **evaluate_part(pd.read_csv(ev / "scores.csv", dtype={"section": str}))})
-    return rows
+    return [{"system": f"{system}, generalized, {label}", "seed": seed,
+             **evaluated_part([model], model.parent / f"eval-{label}", args, opts, label)} for label in labels]
 
 
 def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: dict) -> list[dict]:
@@ -230,7 +224,7 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
         # two generalized models whose patch statistics differ: the paper's (the pre-trained tokenizer, frozen)
         # and the margin objective's with the tokenizer trained, scored with the statistics both are read by
         rows.append({"system": f"ensemble poe + margin (tokenizer trained), generalized, {TOKENIZER_SELECT_SCORE}",
-                     "seed": seed, **ensemble_part(
+                     "seed": seed, **evaluated_part(
                          [root / f"{name}-generalized" / "model.pt" for name in ("paper", "margin-tokenizer")],
                          root / "ensemble-tokenizer-generalized" / f"eval-{TOKENIZER_SELECT_SCORE}", args, opts)})
     if args.poe_seed_ensemble and args.generalized and "paper" in args.systems:
@@ -248,9 +242,9 @@ def pretrain(args, seed: int, out: Path, opts: RunOptions) -> Path:
     return pre
 
 
-def ensemble_part(models: list[Path], ev: Path, args, opts: RunOptions, label: str = TOKENIZER_SELECT_SCORE) -> dict:
-    """The report-half metrics of the score-level ensemble of ``models`` (each standardised on its own
-    training clips), evaluated into ``ev`` once."""
+def evaluated_part(models: list[Path], ev: Path, args, opts: RunOptions, label: str = TOKENIZER_SELECT_SCORE) -> dict:
+    """The report-half metrics of ``models`` re-scored with ``SCORES[label]`` — with several, their score-level
+    ensemble (each standardised on its own training clips) — evaluated into ``ev`` once."""
     if not (ev / "scores.csv").exists():
         run_evaluate(models, [args.data], ev, opts=opts, score=ScoreConfig.of(SCORES[label]).to_dict())
     return evaluate_part(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
@@ -272,9 +266,9 @@ def poe_seed_ensemble(args, seed: int, root: Path, machines: list[str], opts: Ru
         run_finetune(ft, [args.data], model_b.parent, machines, pretrained=pre_b, opts=opts)
     label = TOKENIZER_SELECT_SCORE
     rows = [{"system": f"paper system (poe), pre-training seed + {SECOND_SEED}, generalized, {label}", "seed": seed,
-             **ensemble_part([model_b], model_b.parent / f"eval-{label}", args, opts)},
+             **evaluated_part([model_b], model_b.parent / f"eval-{label}", args, opts)},
             {"system": f"paper system (poe) ×2, two pre-training seeds, ensemble, generalized, {label}", "seed": seed,
-             **ensemble_part([root / "paper-generalized" / "model.pt", model_b],
+             **evaluated_part([root / "paper-generalized" / "model.pt", model_b],
                              root / "ensemble-poe-seeds-generalized" / f"eval-{label}", args, opts)}]
     timings.setdefault("poe seed ensemble", []).append(time.perf_counter() - t0)
     return rows
