@@ -24,7 +24,8 @@ SPECIFIC = "Proposed (machine-specific)"
 GENERALIZED = "Proposed (machine-generalized)"
 BASELINE_MSE = "Baseline (AE, MSE)"
 BASELINE_MAHALA = "Baseline (AE, MAHALA)"
-SYSTEMS = (SPECIFIC, GENERALIZED, BASELINE_MSE, BASELINE_MAHALA)
+BASELINE_STATS = "Baseline (statistics k-NN, no training)"
+SYSTEMS = (SPECIFIC, GENERALIZED, BASELINE_MSE, BASELINE_MAHALA, BASELINE_STATS)
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class FinalTrainConfig:
     """How the best configurations are retrained (what is retrained comes from the best_config.json files)."""
 
     max_epochs: int = 100  # at most this many epochs per final model (paper: 100), early stopping as in the search
-    with_baseline: bool = False  # also train the DCASE AE baseline (its own recipe) per machine on the same data
+    with_baseline: bool = False  # also train the DCASE AE baseline (its own recipe) and fit the statistics yardstick per machine on the same data
     baseline_epochs: int = 100  # the AE baseline's epochs (official: 100)
     tracking_uri: str | None = None  # MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)
     finetune: dict = field(default_factory=dict)  # FinetuneConfig fields that override every best configuration
@@ -166,7 +167,8 @@ def run_final_train(best_paths: list[Path], out_dir: Path, cfg: FinalTrainConfig
     from .evaluate.run import SAME_CLIPS_MARK, run_evaluate
     from .evaluate.tables import write_tables
     from .train.configs import AEBaselineConfig
-    from .train.runs import run_ae_baseline, run_finetune
+    from .scoring.config import StatsBaselineConfig
+    from .train.runs import run_ae_baseline, run_finetune, run_stats_baseline
 
     out = Path(out_dir)
     finals: list[FinalModel] = []
@@ -178,7 +180,7 @@ def run_final_train(best_paths: list[Path], out_dir: Path, cfg: FinalTrainConfig
         bundle = load_checkpoint(model)
         finals.append(FinalModel(name, system, model, scores, best, bundle.get("selection", "")))
         params = {"system": system, "search": best.get("search"), "score": score or "as trained",
-                  **(bundle.get("finetune_config") or bundle.get("baseline_config") or {})}
+                  **(bundle.get("finetune_config") or bundle.get("baseline_config") or bundle.get("stats_config") or {})}
         _log_final_run(cfg.tracking_uri, name, params, report, model, sorted((ev_dir / "plots").glob("*.png")),
                        sorted(p for p in ev_dir.glob("*") if p.suffix in (".md", ".csv", ".json")))
 
@@ -197,6 +199,10 @@ def run_final_train(best_paths: list[Path], out_dir: Path, cfg: FinalTrainConfig
                                  out / "models" / f"{name}-ae", best.get("machines"), seconds=seconds, opts=opts)
             add(f"{name}-ae", BASELINE_MSE, ae, best, score="mse")
             add(f"{name}-ae-mahala", BASELINE_MAHALA, ae, best, score="mahalanobis")
+            stats = run_stats_baseline(StatsBaselineConfig(), best["data"], out / "models" / f"{name}-stats",
+                                       best.get("machines"), feature_cfg=load_pretrained(best["pretrained"])[2],
+                                       opts=opts)
+            add(f"{name}-stats", BASELINE_STATS, stats, best)
 
     report_half = any(f.selection == "validation part" for f in finals)
     reports = {}

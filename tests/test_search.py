@@ -499,7 +499,9 @@ def test_final_train_on_two_searches(env, fan_search, tmp_path):
     assert {r.data.tags["bohb_search.search"] for r in final_runs} >= {"fan-bohb", "valve-small"}
     # every final model has its run, the AE baselines included, with metrics and tables
     assert {r.data.tags["bohb_search.search"] for r in final_runs} == {
-        f"{s}{kind}" for s in ("fan-bohb", "valve-small") for kind in ("", "-ae", "-ae-mahala")}
+        f"{s}{kind}" for s in ("fan-bohb", "valve-small") for kind in ("", "-ae", "-ae-mahala", "-stats")}
+    # the statistics yardstick sits beside the AE in the tables
+    assert "Baseline (statistics k-NN, no training)" in set(table2.iloc[:, 0])
     for run in final_runs:
         assert "official_score" in run.data.metrics, run.data.tags
         tables = {a.path for a in client.list_artifacts(run.info.run_id, "tables")}

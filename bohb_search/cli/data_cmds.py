@@ -13,6 +13,7 @@ from .common import (
     check_output_folder,
     feature_config,
     load_manifest_or_fail,
+    nonnegative_int,
     positive_int,
     run_options,
 )
@@ -72,6 +73,23 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_first_shot(args: argparse.Namespace) -> int:
+    from data.firstshot import FirstShotError, write_first_shot_tree
+    from data.manifest import ManifestError
+
+    check_output_folder(args.out)
+    try:
+        table = write_first_shot_tree(args.data, args.out, args.train_source, args.train_target)
+    except (FirstShotError, ManifestError) as err:
+        raise UsageError(str(err)) from None
+    counts = table.groupby(["machine", "split"]).size().unstack(fill_value=0)
+    for machine, row in counts.iterrows():
+        print(f"{machine}: {row.get('train', 0)} training clips ({args.train_source} source + {args.train_target} "
+              f"target normals per section), {row.get('test', 0)} test clips")
+    print(f"wrote the first-shot split under {args.out} (symbolic links; the split is in {args.out}/first_shot_split.csv)")
+    return 0
+
+
 def cmd_data_download(args: argparse.Namespace) -> int:
     from data.download import run_download
 
@@ -107,6 +125,19 @@ def register(sub) -> None:
     p.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
+
+    p = dsub.add_parser("first-shot", help="carve a fixed first-shot training split out of a labelled test set",
+                        description="Turn a labelled DCASE test set without training clips (e.g. DCASE 2023 valve) "
+                                    "into a data root: per machine, section and domain, a fixed choice of normal "
+                                    "test clips (by file-name hash, patterns taken in turn) becomes the training "
+                                    "split, the rest stays the test split. Writes symbolic links, never copies.")
+    p.add_argument("--data", type=Path, required=True, help="DCASE root with labelled test clips (<machine>/test/*.wav)")
+    p.add_argument("--out", type=Path, required=True, help="the new data root (must not exist, or hold this split)")
+    p.add_argument("--train-source", type=nonnegative_int, default=30,
+                   help="source-domain normals per section taken for training (default 30)")
+    p.add_argument("--train-target", type=nonnegative_int, default=5,
+                   help="target-domain normals per section taken for training (default 5)")
+    p.set_defaults(func=cmd_data_first_shot)
 
     p = dsub.add_parser("download", help="download the official DCASE 2025 Task 2 archives from Zenodo",
                         description="Fetch, verify (size + md5) and unpack the DCASE 2025 Task 2 archives, resuming "

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..scoring.config import ScoreConfig
+from ..scoring.config import ScoreConfig, StatsBaselineConfig
 from ..train.configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
 from .common import (
     add_encoder_flags,
@@ -59,13 +59,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from ..train.runs import run_ae_baseline
+    from ..train.runs import run_ae_baseline, run_stats_baseline
 
     file = read_config_file(args.config, BASELINE_SECTIONS)
-    cfg = build_config(AEBaselineConfig, file["baseline"], given(args, AEBaselineConfig.__dataclass_fields__),
-                       "baseline")
     if args.generalized == bool(args.machine):
-        raise UsageError("--machine NAME [NAME ...] or --generalized (one AE on all machines) is required")
+        raise UsageError("--machine NAME [NAME ...] or --generalized (one model for all machines) is required")
+    check_output_folder(args.out)
+    own, other = ((StatsBaselineConfig, AEBaselineConfig) if args.kind == "stats" else
+                  (AEBaselineConfig, StatsBaselineConfig))
+    stray = sorted(set(given(args, other.__dataclass_fields__)) - set(own.__dataclass_fields__))
+    if stray:
+        raise UsageError(f"--{stray[0].replace('_', '-')} is a setting of the other baseline, not of --kind {args.kind}")
+    cfg = build_config(own, file["baseline"], given(args, own.__dataclass_fields__), "baseline")
+    if args.kind == "stats":
+        path = run_stats_baseline(cfg, args.data, args.out, None if args.generalized else args.machine,
+                                  feature_cfg=feature_config(args, file["features"]),
+                                  threshold_percentile=args.threshold_percentile, opts=run_options(args, file["run"]))
+        print(f"model: {path}")
+        return 0
     seconds = given(args, ("seconds",)).get("seconds", (file["features"].get("audio") or {}).get("seconds", 10.0))
     if not isinstance(seconds, (int, float)) or seconds <= 0:
         raise UsageError(f"--seconds must be > 0, got {seconds}")
@@ -175,11 +186,15 @@ def register(sub) -> None:
     add_run_flags(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("baseline", help="train the DCASE 2023-2025 autoencoder baseline (the official recipe)",
-                       description="Train the DCASE Task 2 AE baseline as the official code does (its own log-mel, "
-                                   "every vector of every training clip each epoch, Adam 1e-3, 100 epochs, the last "
-                                   "epoch kept) on the given machines; the yardstick of every table. An existing "
-                                   "--out folder with trainer_last.pt is resumed.")
+    p = sub.add_parser("baseline", help="the yardsticks: the DCASE AE baseline (official recipe) or the statistics k-NN",
+                       description="--kind ae (default): train the DCASE Task 2 AE baseline as the official code does "
+                                   "(its own log-mel, every vector of every training clip each epoch, Adam 1e-3, 100 "
+                                   "epochs, the last epoch kept); an existing --out folder with trainer_last.pt is "
+                                   "resumed. --kind stats: no training; per-band log-mel statistics over time "
+                                   "(mean/std, max, TWFR) with per-domain k-NN banks, the pooling chosen per machine on "
+                                   "the validation half of the labelled test split (seconds). Both are the "
+                                   "yardsticks of every table.")
+    p.add_argument("--kind", choices=("ae", "stats"), default="ae", help="which yardstick (default ae)")
     p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
     p.add_argument("--machine", nargs="+", default=None, help="machine type(s) trained together (DCASE: one per machine)")
     p.add_argument("--generalized", action="store_true", help="one AE for all machines")
@@ -189,7 +204,8 @@ def register(sub) -> None:
     p.add_argument("--threshold-percentile", type=float, default=0.9,
                    help="decision threshold: gamma-fit percentile of training scores (default 0.9)")
     add_config_file_flag(p)
-    add_config_flags(p, AEBaselineConfig, title="the baseline's recipe")
+    add_config_flags(p, AEBaselineConfig, title="the AE baseline's recipe (--kind ae)")
+    add_config_flags(p, StatsBaselineConfig, title="the statistics yardstick (--kind stats)")
     add_run_flags(p)
     p.set_defaults(func=cmd_baseline)
 

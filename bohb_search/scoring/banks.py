@@ -136,13 +136,15 @@ class EmbeddingScorer:
     ``training_scores()`` gives every training clip's leave-one-out score (for decision thresholds).
     """
 
-    def __init__(self, cfg: ScoreConfig, center: Tensor | None = None, seed: int = 0):
+    def __init__(self, cfg: ScoreConfig, center: Tensor | None = None, seed: int = 0, euclidean: bool | None = None):
         self.cfg = cfg
         self.center = None if center is None else center.float().cpu()
         self.seed = seed
         self.groups: dict[str, _Group] = {}
         self._train: Tensor | None = None
-        self.euclidean = cfg.embedding == "patch_stats"
+        # statistics (the tokenizer's patch statistics, the yardstick's band statistics) are compared by
+        # Euclidean distance after per-group standardisation; the head's embeddings by cosine
+        self.euclidean = cfg.embedding == "patch_stats" if euclidean is None else euclidean
 
     # ---- fitting -----------------------------------------------------------------------------
     def fit(self, z: Tensor, domains, groups) -> "EmbeddingScorer":

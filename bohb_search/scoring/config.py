@@ -76,3 +76,40 @@ class ScoreConfig:
         if self.standardise:
             parts.append("std")
         return "-".join(parts)
+
+
+STATS_POOLINGS = ("auto", "meanstd", "max", "meanstd_max", "twfr")  # see models.statistics
+
+
+@dataclass
+class StatsBaselineConfig:
+    """The no-training statistics yardstick (``baseline --kind stats``): every clip becomes statistics over
+    time of its log-mel bands (``models.statistics``), standardised per machine on its training clips and
+    scored by the Euclidean distance to the nearest training clip of each domain (min over the domains)."""
+
+    pooling: Literal["auto", "meanstd", "max", "meanstd_max", "twfr"] = "auto"  # per band over time: meanstd | max | meanstd_max | twfr (GWRP with decay twfr_r, TWFR-GMM) | auto: per machine, the best of the four on the validation half of the labelled test split (meanstd_max without labels)
+    twfr_r: float = 0.9  # twfr: decay r of the ranked frames' weights, in [0, 1]: 1 = mean, 0 = max
+    knn_k: int = 1  # neighbours averaged per domain bank
+
+    def __post_init__(self):
+        for name, kind in (("pooling", str), ("twfr_r", (int, float)), ("knn_k", int)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"baseline {name}: invalid value {value!r}")
+        if self.pooling not in STATS_POOLINGS:
+            raise ValueError(f"baseline pooling must be one of {', '.join(STATS_POOLINGS)}, got {self.pooling!r}")
+        if not 0.0 <= self.twfr_r <= 1.0:
+            raise ValueError(f"baseline twfr_r must be in [0, 1], got {self.twfr_r!r}")
+        if self.knn_k < 1:
+            raise ValueError(f"baseline knn_k must be >= 1, got {self.knn_k!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StatsBaselineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown baseline field(s): {', '.join(unknown)}")
+        return cls(**d)

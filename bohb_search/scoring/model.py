@@ -33,9 +33,10 @@ from models import (
 )
 
 from .banks import EmbeddingScorer
-from .config import ScoreConfig
+from .config import ScoreConfig, StatsBaselineConfig
 from .decision import fit_gamma_threshold
 from .scores import autoencoder_scores
+from .statistics import fit_stats_scorer, stats_embeddings
 
 MODEL_KIND = "anomaly_model"
 
@@ -83,9 +84,11 @@ class AnomalyModel:
         self.feature_cfg = FeatureConfig.from_dict(bundle["feature_config"])
         self.machines: list[str] = list(bundle["machines"])
         self.threshold_percentile = float(bundle.get("threshold_percentile", 0.9))
-        self.legacy = "train_embeddings" not in bundle and "ae_train_scores" not in bundle
+        self.legacy = self.model_kind != "stats" and "train_embeddings" not in bundle and "ae_train_scores" not in bundle
         if self.model_kind == "ae":
             self._init_ae(bundle, score)
+        elif self.model_kind == "stats":
+            self._init_stats(bundle, score)
         else:
             self._init_embedding_model(bundle, score)
         if self.legacy and score is None:
@@ -105,6 +108,18 @@ class AnomalyModel:
         if self.score_method == "mahalanobis" and self.mahalanobis is None:
             raise ValueError("this AE checkpoint has no Mahalanobis statistics: it can only score by mse")
         self.score_label = self.score_method
+
+    def _init_stats(self, bundle: dict, score) -> None:
+        """The statistics yardstick: one scorer per machine (each machine may pool differently)."""
+        if score is not None and (not isinstance(score, dict) or set(score) - {"knn_k"}):
+            raise ValueError(f"the statistics baseline is re-scored only with another knn_k (its pooling is fitted), "
+                             f"not {score!r}")
+        self.stats_cfg = StatsBaselineConfig.from_dict({**bundle["stats_config"], **(score or {})})
+        self.stats = {m: dict(v) for m, v in bundle["stats"].items()}
+        self.scorers = {m: fit_stats_scorer(v["train_embeddings"].float(), list(v["train_domains"]), m, self.stats_cfg)
+                        for m, v in self.stats.items()}
+        poolings = sorted({v["pooling"] for v in self.stats.values()})
+        self.score_label = f"stats-{poolings[0] if len(poolings) == 1 else 'per-machine'}-knn"
 
     def _init_embedding_model(self, bundle: dict, score) -> None:
         self.encoder_cfg = EncoderConfig.from_dict(bundle["encoder_config"])
@@ -142,6 +157,10 @@ class AnomalyModel:
                 raise ValueError("this AE checkpoint of an earlier version has no training-clip scores")
             return (np.asarray(self.bundle["ae_train_scores"][self.score_method], dtype=float),
                     np.asarray(self.bundle["ae_train_machines"]))
+        if self.model_kind == "stats":
+            parts = [scorer.training_scores()[:2] for scorer in self.scorers.values()]
+            return (np.concatenate([s.numpy().astype(float) for s, _ in parts]),
+                    np.concatenate([np.asarray(g) for _, g in parts]))
         s, g, _ = self.scorer.training_scores()
         return s.numpy().astype(float), np.asarray(g)
 
@@ -204,9 +223,30 @@ class AnomalyModel:
                 err = reconstruction_errors(self.ae, x).cpu()
                 out.append(autoencoder_scores(err, self.score_method, self.mahalanobis))
             return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        if self.model_kind == "stats":
+            return self._stats_scores(features, machines, batch_size)
         if self.legacy and self.scorer.groups.keys() == {"all"}:
             machines = None
         return self.scorer.score(self.embed(features, batch_size), machines).numpy()
+
+    def _stats_scores(self, features: np.ndarray, machines, batch_size: int) -> np.ndarray:
+        names = np.asarray([machines] * len(features) if machines is None or isinstance(machines, str)
+                           else machines, dtype=object)
+        if machines is None:
+            if len(self.scorers) > 1:
+                raise ValueError(f"the model covers several machines ({', '.join(self.scorers)}): name each clip's machine")
+            names[:] = next(iter(self.scorers))
+        unknown = sorted(set(names) - set(self.scorers))
+        if unknown:
+            raise ValueError(f"no statistics for machine(s) {', '.join(map(str, unknown))}; the model has "
+                             f"{', '.join(self.scorers)}")
+        out = np.zeros(len(features), dtype=np.float32)
+        for m in sorted(set(names)):
+            rows = np.flatnonzero(names == m)
+            st = self.stats[m]
+            z = stats_embeddings(np.asarray(features)[rows], st["pooling"], float(st["twfr_r"]), batch_size)
+            out[rows] = self.scorers[m].score(z, m).numpy()
+        return out
 
     # ---- recordings of any length ---------------------------------------------------------
     def score_files(self, paths: list[str | Path], machine: str | None = None, channel: int | str = 0,

@@ -25,8 +25,10 @@ from models import EncoderConfig, load_checkpoint, save_checkpoint
 
 from ..evaluate.run import log, report_skipped
 from ..scoring.model import MODEL_KIND, AnomalyModel
+from ..scoring.config import StatsBaselineConfig
 from .configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
 from .pretrain import PretrainTrainer
+from .statistics import fit_stats_baseline
 from .setup import (
     PRETRAINED_KIND,
     FinetuneSetup,
@@ -294,4 +296,46 @@ def run_ae_baseline(
     atomic_write_json(out / "finetune_report.json", _report(trainer, bundle, setup, {
         "model_kind": "ae", "config": cfg.to_dict()}), sort_keys=True)
     log(f"trained {trainer.epoch} epochs; wrote {out / 'model.pt'}", opts.quiet)
+    return out / "model.pt"
+
+
+def run_stats_baseline(
+    cfg: StatsBaselineConfig,
+    data_roots: Sequence[str | Path],
+    out_dir: str | Path,
+    machines: Sequence[str] | None,
+    *,
+    feature_cfg: FeatureConfig | None = None,
+    threshold_percentile: float = 0.9,
+    opts: RunOptions = RunOptions(),
+) -> Path:
+    """Fit the no-training statistics yardstick (one pooling per machine) on the project's log-mel; ``model.pt``."""
+    out = Path(out_dir)
+    feature_cfg = feature_cfg or FeatureConfig()
+    setup = prepare_finetune(data_roots, machines, None, None, feature_cfg, opts.cache_dir, opts.on_bad_file,
+                             opts.quiet, other_machines=False)
+    out.mkdir(parents=True, exist_ok=True)
+    report_skipped(setup.table.skipped, opts.quiet)
+    write_effective_config(out, baseline=cfg, features=feature_cfg, run=opts,
+                           job={"kind": "stats", "machines": list(setup.machines),
+                                "data": [str(d) for d in data_roots], "threshold_percentile": threshold_percentile})
+    t0 = time.perf_counter()
+    fitted = fit_stats_baseline(setup.table, list(setup.machines), cfg)
+    bundle = {"kind": MODEL_KIND, "model_kind": "stats", "feature_config": feature_cfg.to_dict(),
+              "machines": list(setup.machines), "stats_config": cfg.to_dict(), "stats": fitted["machines"],
+              "notes": fitted["notes"], "threshold_percentile": threshold_percentile,
+              "selection": "validation part" if any(v["selection"].startswith("chosen") for v in fitted["machines"].values())
+              else "none"}
+    bundle["thresholds"] = AnomalyModel(bundle).thresholds
+    save_checkpoint(out / "model.pt", bundle)
+    report = {"model_kind": "stats", "config": cfg.to_dict(), "machines": list(setup.machines),
+              "seconds": round(time.perf_counter() - t0, 2), "notes": fitted["notes"],
+              "pooling": {m: {k: v[k] for k in ("pooling", "twfr_r", "selection", "validation_scores")}
+                          for m, v in fitted["machines"].items()}}
+    atomic_write_json(out / "finetune_report.json", report, sort_keys=True)
+    for note in fitted["notes"]:
+        log(f"note: {note}", opts.quiet)
+    for m, v in fitted["machines"].items():
+        log(f"{m}: pooling {v['pooling']} ({v['selection']}; {len(v['train_domains'])} training clips)", opts.quiet)
+    log(f"wrote {out / 'model.pt'}", opts.quiet)
     return out / "model.pt"
