@@ -42,7 +42,8 @@ from bohb_search.evaluate.tables import to_markdown
 from data.atomic import atomic_write_csv
 from bohb_search.scoring.config import ScoreConfig
 from bohb_search.train.configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
-from bohb_search.train.runs import run_ae_baseline, run_finetune, run_pretrain
+from bohb_search.scoring.config import StatsBaselineConfig
+from bohb_search.train.runs import run_ae_baseline, run_finetune, run_pretrain, run_stats_baseline
 from data.config import DEV_MACHINES, RunOptions
 from data.features import FeatureConfig
 from data.manifest import read_manifest
@@ -88,6 +89,9 @@ SYSTEMS = {
                          "margin objective, tokenizer trained"),
 }
 PROBE = "log-mel band statistics, k-NN (no training)"
+STATS = "statistics yardstick (baseline --kind stats: pooling per machine on the validation half)"
+# --benchmark valve: the real DCASE 2023 valve test set with its fixed first-shot split (data first-shot)
+VALVE_SOURCE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dcase2023_valve"
 # --poe-seed-ensemble: the second paper-system model's pre-training and fine-tuning seed is the run's + this
 SECOND_SEED = 1000
 
@@ -173,6 +177,18 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
             rows.append({"system": f"DCASE AE ({'MSE' if score == 'mse' else 'MAHALA'})", "seed": seed,
                          **evaluate_part(pd.concat(frames))})
         timings.setdefault("ae", []).append(time.perf_counter() - t0)
+    if "stats" in args.systems:
+        # the no-training yardstick users run (`baseline --kind stats`); deterministic, so one fit serves all seeds
+        frames = []
+        for m in machines:
+            model = args.out / "stats" / m / "model.pt"
+            if not model.exists():
+                run_stats_baseline(StatsBaselineConfig(), [args.data], model.parent, [m], opts=opts)
+            ev = model.parent / "eval"
+            if not (ev / "scores.csv").exists():
+                run_evaluate(model, [args.data], ev, opts=opts)
+            frames.append(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
+        rows.append({"system": STATS, "seed": seed, **evaluate_part(pd.concat(frames))})
     objectives = [(name, SYSTEMS[name][0]) for name in SYSTEMS if name in args.systems]
     if objectives:
         t0 = time.perf_counter()
@@ -343,9 +359,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=Path("results/bench/det/data"))
     p.add_argument("--out", type=Path, default=Path("results/bench/det/runs"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--systems", nargs="+", default=["ae", "paper", "margin", "margin-tokenizer"],
-                   choices=["ae", *SYSTEMS],
-                   help="ae: the faithful DCASE AE; paper: pOE + GRL fine-tuning; margin: the angular-margin objective; "
+    p.add_argument("--benchmark", choices=["synthetic", "valve"], default="synthetic",
+                   help="synthetic: the 7-machine synthetic set at --data; valve: the real DCASE 2023 valve test set "
+                        "(../shared/data/dcase2023_valve) with its fixed first-shot split (30 source + 5 target normals "
+                        "for training, written to --data by `data first-shot`), one machine, no generalized model")
+    p.add_argument("--systems", nargs="+", default=["ae", "stats", "paper", "margin", "margin-tokenizer"],
+                   choices=["ae", "stats", *SYSTEMS],
+                   help="ae: the faithful DCASE AE; stats: the statistics yardstick (baseline --kind stats); paper: pOE + GRL fine-tuning; margin: the angular-margin objective; "
                         "margin-tokenizer: the same with --train-tokenizer and --perturbation-classes")
     p.add_argument("--machines", nargs="+", default=list(DEV_MACHINES))
     p.add_argument("--seconds", type=float, default=10.0)
@@ -373,6 +393,11 @@ def main(argv: list[str] | None = None) -> None:
                         "the ensemble of the two pOE models (the bar for a two-model ensemble)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = p.parse_args(argv)
+    if args.benchmark == "valve":
+        from data.firstshot import write_first_shot_tree
+
+        write_first_shot_tree(VALVE_SOURCE, args.data)
+        args.machines, args.generalized = ["valve"], False
     args.out = args.out.resolve()
     opts = RunOptions(cache_dir=args.cache_dir, quiet=True)
     manifest = read_manifest(args.data)
@@ -393,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = (f"{len(args.machines)} machines; per machine {n_source} source + {n_target} target training clips, "
              f"{n_test} labelled test clips of which the report half is scored")
     minutes = {k: f"{np.mean(v) / 60:.1f} min" for k, v in timings.items()}
-    md = (f"`python -m bench.detection --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score}"
+    md = (f"`python -m bench.detection{'' if args.benchmark == 'synthetic' else f' --benchmark {args.benchmark} --data {args.data}'} --seeds {' '.join(map(str, args.seeds))} --systems {' '.join(args.systems)} --select-score {args.select_score}"
           f"{'' if args.generalized else ' --no-generalized'}{' --generalized-only ' + ' '.join(args.generalized_only) if args.generalized_only else ''} "
           f"--finetune '{args.finetune}'"
           f"{'' if args.tokenizer_finetune == '{}' else f' --tokenizer-finetune {chr(39)}{args.tokenizer_finetune}{chr(39)}'}"
@@ -402,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{(time.perf_counter() - t_start) / 60:.0f} min (runs finished earlier are reused; per seed: "
           f"{', '.join(f'{k} {v}' for k, v in minutes.items())}).\n\n{table}\n\n{goal_line(runs)}\n\n{margin_goal_line(runs)}")
     if not args.no_write:
-        update_section("detection", md)
+        update_section("detection" if args.benchmark == "synthetic" else f"detection-{args.benchmark}", md)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 SCAN_BACKENDS = ("auto", "torch", "reference", "cuda")  # see models.scan
 
 ENCODER_KINDS = ("ssm", "ast")
-POOLS = ("cls_middle", "mean")
+POOLS = ("cls_middle", "mean", "stats")
 NORMS = ("layernorm", "rmsnorm")
 
 
@@ -27,8 +27,9 @@ class EncoderConfig:
     n_mels: int = 128  # H: mel bins of the input
     n_frames: int = 1024  # W the positional embedding is sized for (10 s); other lengths resample it
     unshuffle: int = 4  # pixel-unshuffle factor r: r² fewer tokens, r² more channels per patch
-    patch: int = 16  # side p of the square patches cut from the unshuffled map
-    pool: str = "cls_middle"  # "cls_middle": class token in the middle of the sequence (as AuM); "mean": token mean
+    patch: int = 16  # side p of the square patches cut from the unshuffled map (their height when patch_time is set)
+    patch_time: int | None = None  # width in time of a patch (unshuffled frames); None = patch (square, the paper's)
+    pool: str = "cls_middle"  # "cls_middle": class token in the middle of the sequence (as AuM); "mean": token mean; "stats": mean, std and max over time of the tokens of each frequency row (keeps short events)
     # selective SSM mixer (Mamba defaults)
     d_state: int = 16  # N: state size per channel
     expand: int = 2  # inner width E = expand * dim
@@ -61,10 +62,24 @@ class EncoderConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.dim / 16)
 
     @property
+    def time_patch(self) -> int:
+        """The patch's width in unshuffled frames (``patch_time``, or ``patch`` for square patches)."""
+        return self.patch if self.patch_time is None else self.patch_time
+
+    @property
+    def frame_step(self) -> int:
+        """Log-mel frames per token along time: the frame count must be a multiple of it."""
+        return self.unshuffle * self.time_patch
+
+    @property
     def grid(self) -> tuple[int, int]:
         """(frequency, time) patches of an n_mels × n_frames input."""
-        step = self.unshuffle * self.patch
-        return self.n_mels // step, self.n_frames // step
+        return self.n_mels // (self.unshuffle * self.patch), self.n_frames // self.frame_step
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled feature the heads read: D, or 3·F·D for statistics pooling (F frequency rows)."""
+        return 3 * self.grid[0] * self.dim if self.pool == "stats" else self.dim
 
     @property
     def n_tokens(self) -> int:
@@ -86,6 +101,9 @@ class EncoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.patch_time is not None and (isinstance(self.patch_time, bool) or not isinstance(self.patch_time, int)
+                                            or self.patch_time < 1):
+            raise ValueError(f"patch_time must be a positive integer or None, got {self.patch_time!r}")
         if self.dt_rank is not None and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
             raise ValueError(f"dt_rank must be a positive integer or None, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
@@ -100,10 +118,10 @@ class EncoderConfig:
         if not (math.isfinite(self.input_mean) and math.isfinite(self.input_std) and self.input_std > 0):
             raise ValueError(f"input_std must be a finite positive number and input_mean finite, got "
                              f"mean={self.input_mean}, std={self.input_std}")
-        step = self.unshuffle * self.patch
-        for name, size in (("n_mels", self.n_mels), ("n_frames", self.n_frames)):
+        for name, size, step, what in (("n_mels", self.n_mels, self.unshuffle * self.patch, "unshuffle*patch"),
+                                       ("n_frames", self.n_frames, self.frame_step, "unshuffle*patch_time")):
             if size % step:
-                raise ValueError(f"{name}={size} must be a multiple of unshuffle*patch = {step} so the patches tile it")
+                raise ValueError(f"{name}={size} must be a multiple of {what} = {step} so the patches tile it")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,13 +19,14 @@ from .config import EncoderConfig
 from .layers import make_norm
 from .scan import SCAN_BACKENDS
 from .ssm import BiMambaMixer, SSMBlock
+from .statistics import time_statistics
 from .tokenizer import PixelUnshufflePatchEmbed
 
 
 @dataclass
 class EncoderOutput:
-    pooled: torch.Tensor  # (B, D) global feature of the final block, h⁽⁰⁾ of eq. 5
-    layers: list[torch.Tensor]  # [(B, D)] * depth: each block's output, final-normed and pooled; layers[-1] is pooled
+    pooled: torch.Tensor  # (B, pooled_dim) global feature of the final block, h⁽⁰⁾ of eq. 5
+    layers: list[torch.Tensor]  # [(B, pooled_dim)] * depth: each block's output, final-normed and pooled; layers[-1] is pooled
     tokens: torch.Tensor  # (B, N, D) final-normed patch tokens (the class token, if any, removed)
 
 
@@ -37,7 +38,8 @@ class Encoder(nn.Module):
         cfg.validate()
         self.config = replace(cfg)  # a private copy: set_scan_backend must not edit the caller's config
         self.embed = PixelUnshufflePatchEmbed(
-            cfg.dim, cfg.n_mels, cfg.n_frames, cfg.unshuffle, cfg.patch, cls_token=cfg.pool == "cls_middle"
+            cfg.dim, cfg.n_mels, cfg.n_frames, cfg.unshuffle, cfg.patch, cls_token=cfg.pool == "cls_middle",
+            patch_time=cfg.patch_time,
         )
         block = SSMBlock if cfg.kind == "ssm" else AttentionBlock
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # deeper blocks dropped more
@@ -65,10 +67,17 @@ class Encoder(nn.Module):
             if isinstance(module, BiMambaMixer):
                 module.scan_backend = name
 
-    def _pool(self, h: torch.Tensor, cls_at: int | None) -> torch.Tensor:
-        """Final-normed global feature of a (B, L, D) sequence: its class token, or the mean over tokens."""
+    def _pool(self, h: torch.Tensor, cls_at: int | None, rows: int) -> torch.Tensor:
+        """Final-normed global feature of a (B, L, D) sequence: its class token, the mean over tokens, or
+        (``pool="stats"``) the mean, standard deviation and maximum over time of every frequency row's tokens,
+        (B, 3·F·D). A class token or a mean is one summary of the whole clip in which a two-frame event is
+        one token among hundreds; the maximum over time keeps it (test_models: the click test)."""
         if cls_at is not None:
             return self.norm(h[:, cls_at])  # the norm is per token: norming one token is enough
+        if self.config.pool == "stats":
+            b, length, d = h.shape
+            grid = self.norm(h).view(b, length // rows, rows, d).permute(0, 2, 3, 1)  # time-major → (B, F, D, T)
+            return time_statistics(grid, "meanstd_max").flatten(1)
         return self.norm(h).mean(dim=1)
 
     def patch_statistics(self, x: torch.Tensor, frame_stride: int = 16) -> torch.Tensor:
@@ -94,10 +103,11 @@ class Encoder(nn.Module):
         h = self.embed(x)
         n_patches = self.embed.n_patches(*x.shape[-2:])
         cls_at = self.embed.cls_index(n_patches) if self.embed.cls_token is not None else None
+        rows = x.shape[-2] // self.embed.steps[0]
         layers = []
         for block in self.blocks:
             h = block(h)
-            layers.append(self._pool(h, cls_at))
+            layers.append(self._pool(h, cls_at, rows))
         tokens = self.norm(h)
         if cls_at is not None:
             tokens = torch.cat([tokens[:, :cls_at], tokens[:, cls_at + 1:]], dim=1)

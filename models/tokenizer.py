@@ -25,16 +25,21 @@ class PixelUnshufflePatchEmbed(nn.Module):
     """
 
     def __init__(self, dim: int, n_mels: int = 128, n_frames: int = 1024, unshuffle: int = 4, patch: int = 16,
-                 in_chans: int = 1, cls_token: bool = True):
+                 in_chans: int = 1, cls_token: bool = True, patch_time: int | None = None):
         super().__init__()
         self.unshuffle, self.patch, self.in_chans = unshuffle, patch, in_chans
-        step = unshuffle * patch
-        if n_mels % step or n_frames % step:
-            raise ValueError(f"n_mels={n_mels} and n_frames={n_frames} must be multiples of unshuffle*patch = {step}")
-        self.grid = (n_mels // step, n_frames // step)
+        # patches p tall (frequency) and patch_time wide (time): tall, narrow patches give one token per short
+        # stretch of time, which is where many machine faults are (a knock, a valve closing hard)
+        self.patch_time = patch if patch_time is None else patch_time
+        self.steps = (unshuffle * patch, unshuffle * self.patch_time)  # log-mel (bins, frames) per token
+        if n_mels % self.steps[0] or n_frames % self.steps[1]:
+            raise ValueError(f"n_mels={n_mels} and n_frames={n_frames} must be multiples of unshuffle*patch = "
+                             f"{self.steps[0]} and unshuffle*patch_time = {self.steps[1]}")
+        self.grid = (n_mels // self.steps[0], n_frames // self.steps[1])
         # Eq. 2, E_i = W_patch vec(S_i) + b_patch, for every patch at once: a p×p convolution with stride p
         # is exactly one shared linear map applied to each non-overlapping patch.
-        self.proj = nn.Conv2d(unshuffle * unshuffle * in_chans, dim, kernel_size=patch, stride=patch)
+        kernel = (patch, self.patch_time)
+        self.proj = nn.Conv2d(unshuffle * unshuffle * in_chans, dim, kernel_size=kernel, stride=kernel)
         # Initialised like a Linear on the flattened patch (the conv's default fan-in init would also do;
         # xavier keeps token scale independent of r and p).
         nn.init.xavier_uniform_(self.proj.weight.view(dim, -1))
@@ -47,8 +52,7 @@ class PixelUnshufflePatchEmbed(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def n_patches(self, height: int, width: int) -> int:
-        step = self.unshuffle * self.patch
-        return (height // step) * (width // step)
+        return (height // self.steps[0]) * (width // self.steps[1])
 
     @staticmethod
     def cls_index(n_patches: int) -> int:
@@ -82,14 +86,13 @@ class PixelUnshufflePatchEmbed(nn.Module):
                 f"expected a (batch, {self.in_chans}, mels, frames) spectrogram, got shape {tuple(x.shape)}"
             )
         height, width = x.shape[-2:]
-        step = self.unshuffle * self.patch
-        if height % step or width % step:
+        if height % self.steps[0] or width % self.steps[1]:
             raise ValueError(
-                f"a {height}×{width} (mels × frames) input does not tile into patches: both must be multiples of "
-                f"unshuffle*patch = {self.unshuffle}*{self.patch} = {step}"
+                f"a {height}×{width} (mels × frames) input does not tile into patches: they must be multiples of "
+                f"unshuffle*patch = {self.steps[0]} and unshuffle*patch_time = {self.steps[1]}"
             )
         x = F.pixel_unshuffle(x, self.unshuffle)  # eq. 1: (B, r²C, H/r, W/r)
-        x = self.proj(x) + self._pos_embed((height // step, width // step))  # eq. 2: (B, D, F, T)
+        x = self.proj(x) + self._pos_embed((height // self.steps[0], width // self.steps[1]))  # eq. 2: (B, D, F, T)
         tokens = x.permute(0, 3, 2, 1).flatten(1, 2)  # time-major: (B, T·F, D)
         if self.cls_token is None:
             return tokens

@@ -67,7 +67,7 @@ def measure_latency(encoder_cfgs: dict[str, Any], device: str = "auto", repeats:
     dev = resolve_device(device)
     models, x = {}, None
     for name, cfg in encoder_cfgs.items():
-        step = cfg.unshuffle * cfg.patch
+        step = cfg.frame_step
         n_frames = int(round(seconds * 1024 / 10.0)) // step * step
         cfg = EncoderConfig.from_dict({**cfg.to_dict(), "n_frames": n_frames})
         models[name] = build_encoder(cfg).to(dev).eval()

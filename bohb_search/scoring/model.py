@@ -127,7 +127,7 @@ class AnomalyModel:
         load_weights(self.encoder, bundle["encoder"], "encoder weights")
         self.encoder.to(self.device).eval()
         h = bundle["head_config"]
-        self.head = AnomalyHead(self.encoder_cfg.dim, list(h["layers"]), h["emb_dim"], h["hidden"], h["dropout"])
+        self.head = AnomalyHead(self.encoder_cfg.pooled_dim, list(h["layers"]), h["emb_dim"], h["hidden"], h["dropout"])
         load_weights(self.head, bundle["head"], "anomaly-head weights")
         self.head.to(self.device).eval()
         if self.legacy:

@@ -62,7 +62,7 @@ class FinetuneTrainer(AnomalyTrainer):
         if bad:
             raise ValueError(f"finetune head_layers {bad} outside 0..{depth - 1}")
         self.head_layers = layers
-        self.head = AnomalyHead(encoder_cfg.dim, layers, cfg.emb_dim, cfg.head_hidden, cfg.head_dropout).to(self.device)
+        self.head = AnomalyHead(encoder_cfg.pooled_dim, layers, cfg.emb_dim, cfg.head_hidden, cfg.head_dropout).to(self.device)
         self.domain_clf = DomainClassifier(cfg.emb_dim, cfg.domain_hidden, 2).to(self.device)
         self._freeze(depth - cfg.unfreeze_k)
         self.opt_f = torch.optim.AdamW(self.feature_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -27,7 +27,7 @@ class PretrainTrainer:
         torch.manual_seed(cfg.seed)
         self.encoder_cfg = encoder_cfg
         self.encoder = build_encoder(encoder_cfg).to(self.device)
-        self.head = ClassificationHead(encoder_cfg.dim, len(data.classes)).to(self.device)
+        self.head = ClassificationHead(encoder_cfg.pooled_dim, len(data.classes)).to(self.device)
         self.optimizer = torch.optim.AdamW(
             list(self.encoder.parameters()) + list(self.head.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)

@@ -34,7 +34,7 @@ def fit_encoder_to_features(encoder_cfg: EncoderConfig, feature_cfg: FeatureConf
     gives exactly 1024 frames, other lengths lose at most r·p − 1 trailing frames (e.g. 12 s:
     1229 → 1216). The same crop is applied wherever features meet the encoder.
     """
-    step = encoder_cfg.unshuffle * encoder_cfg.patch
+    step = encoder_cfg.frame_step
     n_frames = (feature_cfg.n_frames // step) * step
     if n_frames == 0:
         raise DataError(f"clips of {feature_cfg.audio.seconds} s give {feature_cfg.n_frames} frames, fewer than "
