@@ -140,3 +140,17 @@ def test_the_cut_of_the_test_split_does_not_depend_on_training_rows_passed_with_
     together = split_test_clips(whole)
     assert (together[test.to_numpy()] == alone).all()
     assert (together[~test.to_numpy()] == "train").all()
+
+
+@pytest.mark.parametrize("embedding,epochs", [("patch_stats", 1), ("head", 3)])
+def test_a_score_that_training_does_not_change_trains_one_epoch_and_says_so(embedding, epochs):
+    from bohb_search.train.setup import FinetuneSetup, build_trainer
+
+    setup = FinetuneSetup(table(8, 2, test_per_cell=4), ["fan"], tiny_encoder(), None, FEATURES)
+    cfg = FinetuneConfig(**{**CFG.to_dict(), "score": "knn", "embedding": embedding, "patience": 10})
+    t = build_trainer(setup, cfg)
+    history = []
+    while not (history and history[-1]["done"]):
+        history.append(t.step())
+    assert len(history) == epochs and t.training_independent == (embedding == "patch_stats")
+    assert any("one epoch trained" in note for note in t.notes) == (embedding == "patch_stats")

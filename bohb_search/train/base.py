@@ -93,6 +93,9 @@ class AnomalyTrainer:
         # set only by the ETA estimate (train/estimate.py), which times a few batches of a throwaway trainer
         self.batch_limit: int | None = None
         self.val_x = self.val_y = self.val_domain = self.val_machine = self.val_section = None
+        # True when the configured score reads nothing that training changes (the frozen tokenizer's patch
+        # statistics): every epoch would validate alike, so one epoch is trained and kept
+        self.training_independent = False
 
     def _epoch_batch_ids(self) -> list[np.ndarray]:
         """The index batches of the next epoch (``min_steps_per_epoch`` optimizer steps at least)."""
@@ -153,7 +156,7 @@ class AnomalyTrainer:
         metrics["best_val_score"] = self.best_score
         metrics["epochs_since_best"] = self.epoch - self.best_epoch
         stop_early = self.early_stopping and self.epoch - self.best_epoch >= self.cfg.patience
-        metrics["done"] = bool(self.epoch >= self.cfg.max_epochs or stop_early)
+        metrics["done"] = bool(self.epoch >= self.cfg.max_epochs or stop_early or self.training_independent)
         self.history.append(metrics)
         return metrics
 

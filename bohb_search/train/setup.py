@@ -114,10 +114,11 @@ def build_trainer(setup: FinetuneSetup, cfg: FinetuneConfig, device: str = "auto
     trainer = (MarginTrainer if cfg.objective == "margin" else FinetuneTrainer)(
         cfg, setup.encoder_cfg, data, setup.encoder_state, device=device)
     if cfg.score == "knn" and cfg.embedding == "patch_stats" and not cfg.train_tokenizer:
-        trainer.notes.append("the score compares the tokenizer's patch statistics, which fine-tuning does not change "
-                             "(the tokenizer stays frozen): every epoch validates alike, so the first is kept; "
-                             "--embedding head scores and selects with the fine-tuned head instead, "
-                             "--train-tokenizer (margin objective) trains the tokenizer too")
+        trainer.training_independent = True
+        trainer.notes.append("one epoch trained: the score compares the tokenizer's patch statistics, which "
+                             "fine-tuning does not change (the tokenizer stays frozen), so every epoch would validate "
+                             "alike; --embedding head scores with the fine-tuned head, --train-tokenizer (margin "
+                             "objective) trains the tokenizer too")
     return trainer
 
 
