@@ -133,6 +133,7 @@ class RunOptions:
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:1 …
     on_bad_file: Literal["fail", "skip"] = "fail"  # unreadable/empty/NaN/too-short clips: stop, or leave out and list
     quiet: bool = False  # no progress bars
+    threads: int | None = None  # torch intra-op threads; default: the CPUs this process may run on (affinity mask)
 
 
 def check_fields(obj, what: str) -> None:

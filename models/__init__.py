@@ -6,7 +6,8 @@ Imports neither ``data`` nor ``bohb_search``. Names are imported on first use (P
 
     config.py       EncoderConfig (typed, plain-dict round trip) and the tiny / small / base presets
     tokenizer.py    PixelUnshufflePatchEmbed: pixel-unshuffle → p×p patches → D (eq. 1-2), class token
-    scan.py         selective_scan with "reference" | "torch" (fast CPU) | "cuda" (mamba-ssm) backends
+    scan.py         selective_scan with "reference" | "torch" | "cpp" (compiled CPU) | "cuda" (mamba-ssm) backends
+    scan_cpu.py     the "cpp" kernel (csrc/selective_scan_cpu.cpp): built on first use, cached, ctypes + autograd
     ssm.py          BiMambaMixer and SSMBlock: the bidirectional selective SSM block (section 2.2)
     attention.py    AttentionBlock: the AST-style baseline block
     layers.py       norm choice, MLP sub-block, stochastic depth
@@ -43,6 +44,7 @@ _EXPORTS = {
     "SCAN_BACKENDS": "config",
     "build_encoder": "encoder",
     "cuda_scan_available": "scan",
+    "cpu_scan_available": "scan_cpu",
     "encoder_preset": "config",
     "ResidualCovariance": "autoencoder",
     "frame_context_vectors": "autoencoder",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-SCAN_BACKENDS = ("auto", "torch", "reference", "cuda")  # see models.scan
+SCAN_BACKENDS = ("auto", "torch", "reference", "cuda", "cpp")  # see models.scan
 
 ENCODER_KINDS = ("ssm", "ast")
 POOLS = ("cls_middle", "mean", "stats")
@@ -37,7 +37,7 @@ class EncoderConfig:
     dt_rank: int | None = None  # rank of the Δ projection; None = ceil(dim / 16)
     dt_min: float = 1e-3  # Δ is initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
-    scan_backend: str = "auto"  # "auto" | "torch" | "reference" | "cuda"  (see models.scan)
+    scan_backend: str = "auto"  # "auto" | "cpp" | "torch" | "reference" | "cuda"  (see models.scan)
     # attention (kind="ast")
     n_heads: int = 3  # heads of the self-attention; dim must divide evenly
     # parts shared by both block types

@@ -90,6 +90,8 @@ def test_bohb_search_pauses_and_resumes_trials(env, fan_search):
     first_after = resumed.sort_values("epoch").groupby("trial_id").first()
     assert (first_after["epoch"] == first_after["restored_from_epoch"] + 1).all()
     assert set(per_trial["status"]) <= {"FINISHED", "KILLED"} and "KILLED" in set(per_trial["status"])
+    # every trial trained with the CPUs Ray gave it (cpus_per_trial = 1), not with all of the machine's cores
+    assert set(trials["torch_threads"].dropna()) == {1}
 
     best = json.loads((fan_search / "best_config.json").read_text())
     assert best["metric"]["name"] == "best_val_score" and 0 <= best["metric"]["value"] <= 1

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from data.config import AudioConfig, RunOptions
+from data.threads import use_threads
 from models import EncoderConfig
 
 from .flags import UsageError, add_config_flags, given
@@ -80,10 +81,17 @@ def run_options(args: argparse.Namespace, file_section: dict | None = None) -> R
         d["cache_dir"] = Path(d["cache_dir"])
     if d.get("on_bad_file", "fail") not in ("fail", "skip"):
         raise UsageError(f"--on-bad-file must be 'fail' or 'skip', got {d['on_bad_file']!r}")
+    threads = d.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
     try:
-        return RunOptions(**d)
+        opts = RunOptions(**d)
     except TypeError as err:
         raise UsageError(f"run options: {err}") from None
+    # every command that computes builds its options here: this process's share of the cores is set once, before
+    # any work (--threads, else the CPUs its affinity mask allows; data.threads says why)
+    use_threads(opts.threads)
+    return opts
 
 
 def load_manifest_or_fail(data_dir: Path):

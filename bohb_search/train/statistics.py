@@ -21,7 +21,7 @@ from ..scoring.config import StatsBaselineConfig
 from ..scoring.statistics import fit_stats_scorer, stats_embeddings
 
 AUTO_CANDIDATES = ("meanstd", "meanstd_max", "max", "twfr")
-UNLABELLED_POOLING = "meanstd_max"  # the measured best single pooling over both benchmarks' machines
+UNLABELLED_POOLING = "meanstd_max"  # measured: best single pooling on the synthetic benchmark, second on valve (to max)
 
 
 def _validation_score(scorer, data, machine: str, pooling: str, twfr_r: float) -> float:

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from data.threads import use_threads
+
 from ..train.configs import FinetuneConfig
 
 # the metrics a result dict starts with: Ray Tune's progress table shows the first four numeric
@@ -18,6 +20,17 @@ PROGRESS_COLUMNS = ("val_score", "best_val_score", "val_auc_source", "val_auc_ta
 def progress_first(metrics: dict) -> dict:
     """``metrics`` reordered so the progress table shows the optimised metric and the domain AUCs."""
     return {**{k: metrics[k] for k in PROGRESS_COLUMNS if k in metrics}, **metrics}
+
+
+def trial_cpus() -> float | None:
+    """The CPUs Ray assigned to the calling trial's actor, None outside one (or when Ray reports no CPU)."""
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # noqa: BLE001 - not in a Ray worker, or an older Ray without the call
+        return None
+    return cpus or None
 
 
 def make_trainable():
@@ -33,13 +46,13 @@ def make_trainable():
 
         def setup(self, config, ft_setup=None, space=None, base_config=None, epochs_per_iteration=1,
                   device="auto", threads=1):
-            import torch
-
-            torch.set_num_threads(max(1, int(threads)))
-            self._args = (ft_setup, space, base_config, device)
-            self.epochs_per_iteration = epochs_per_iteration
             import ray
 
+            # the CPUs Ray reserved for this trial (``threads`` = cpus_per_trial where Ray reports none): concurrent
+            # trials then share the cores instead of each spreading over all of them (data.threads says why)
+            self.threads = use_threads(trial_cpus() or threads)
+            self._args = (ft_setup, space, base_config, device)
+            self.epochs_per_iteration = epochs_per_iteration
             self.node_id = ray.get_runtime_context().get_node_id()
             self._build(config)
 
@@ -62,6 +75,7 @@ def make_trainable():
                     break
             m = dict(m)
             m["train_seconds"] = time.perf_counter() - t0
+            m["torch_threads"] = self.threads  # trials.csv shows each trial's share of the cores
             m["restored_from_epoch"] = self.restored_from_epoch  # 0 = never paused; else the checkpoint's epoch
             early = bool(m.pop("done")) and self.trainer.epoch < self.trainer.cfg.max_epochs
             m["early_stopped"] = early
