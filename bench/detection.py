@@ -249,9 +249,11 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
 
 
 def pretrain(args, seed: int, out: Path, opts: RunOptions) -> Path:
-    """The stage-1 encoder of one seed (reused when it exists)."""
+    """The stage-1 encoder of one seed (reused when its run finished; an interrupted run is resumed: its
+    ``encoder.pt`` is only the best epoch so far)."""
     pre = out / "encoder.pt"
-    if not pre.exists():
+    history = out / "history.csv"
+    if not (pre.exists() and history.exists() and len(pd.read_csv(history)) >= args.pretrain_epochs):
         run_pretrain(PretrainConfig(epochs=args.pretrain_epochs, lr=args.pretrain_lr, batch_size=32, seed=seed,
                                     target=args.pretrain_target),
                      [args.data], out, encoder_preset("tiny", dim=args.dim, depth=args.depth), FeatureConfig(), opts)

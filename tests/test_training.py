@@ -76,21 +76,47 @@ def test_finetune_resume_is_exact():
     assert torch.equal(straight.center, resumed.center)
 
 
-def test_pretrain_resume_is_exact():
+@pytest.mark.parametrize("perturbation_classes", [False, True])
+def test_pretrain_resume_is_exact(perturbation_classes):
+    from bohb_search.train.finetune import pseudo_outlier_config
+
     rng = np.random.default_rng(0)
     x = np.concatenate([_clips(rng, 12), _clips(rng, 12, shift=6)])
     y = np.array([0] * 12 + [1] * 12)
     data = PretrainData(x[::2], y[::2], x[1::2], y[1::2], ["a", "b"])
-    cfg = PretrainConfig(batch_size=4, micro_batch_size=2, epochs=4, seed=1)
-    a = PretrainTrainer(cfg, tiny_encoder(), data, device="cpu")
+    cfg = PretrainConfig(batch_size=4, micro_batch_size=2, epochs=4, seed=1, perturbation_classes=perturbation_classes)
+    outliers = pseudo_outlier_config(FinetuneConfig(), FEATURES)
+
+    def trainer():
+        return PretrainTrainer(cfg, tiny_encoder(), data, device="cpu", outliers=outliers)
+
+    a = trainer()
     ma = [a.step() for _ in range(4)]
-    b = PretrainTrainer(cfg, tiny_encoder(), data, device="cpu")
+    b = trainer()
     mb = [b.step() for _ in range(2)]
-    c = PretrainTrainer(cfg, tiny_encoder(), data, device="cpu")
+    c = trainer()
     c.load_state_dict(b.state_dict())
     mb += [c.step() for _ in range(2)]
     assert ma == mb and _same(_params(a.encoder), _params(c.encoder))
     assert {"val_accuracy", "val_map", "train_loss"} <= set(ma[-1])
+    n_kinds = len(outliers.kinds) if perturbation_classes else 0
+    assert a.head.fc.out_features == 2 + n_kinds and len(a.state_dict()["classes"]) == 2 + n_kinds
+
+
+def test_pretraining_perturbation_classes_label_the_perturbed_share_by_its_kind():
+    from bohb_search.train.finetune import pseudo_outlier_config
+
+    rng = np.random.default_rng(0)
+    x = _clips(rng, 8)
+    data = PretrainData(x, np.zeros(8, dtype=np.int64), x[:2], np.zeros(2, dtype=np.int64), ["a"])
+    cfg = PretrainConfig(batch_size=8, epochs=1, seed=0, perturbation_classes=True, perturbed_share=0.5)
+    t = PretrainTrainer(cfg, tiny_encoder(), data, device="cpu", outliers=pseudo_outlier_config(FinetuneConfig(), FEATURES))
+    xb, yb = t._micro_batch(np.arange(8))
+    assert (yb[:4] >= 1).all() and (yb[4:] == 0).all()  # half perturbed, labelled 1 + kind index
+    assert not torch.equal(xb[:4, 0], torch.from_numpy(x[:4].astype(np.float32)))  # and really changed
+    assert torch.equal(xb[4:, 0], torch.from_numpy(x[4:].astype(np.float32)))
+    with pytest.raises(ValueError, match="perturbation_classes needs"):
+        PretrainTrainer(cfg, tiny_encoder(), data, device="cpu")
 
 
 def test_frozen_blocks_stay_bit_identical_and_top_blocks_move():

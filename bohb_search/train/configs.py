@@ -17,6 +17,15 @@ from data.config import check_fields
 from ..scoring.config import ScoreConfig
 
 
+def check_ranges(obj, what: str, ranges: dict[str, tuple]) -> None:
+    """``ranges``: {field: (test, "the range in words")}; the first field whose value fails its test raises a
+    one-line ValueError ``"<what> <field> must be <range>, got <value>"`` (the CLI names the flag or the file)."""
+    for name, (test, words) in ranges.items():
+        value = getattr(obj, name)
+        if not test(value):
+            raise ValueError(f"{what} {name} must be {words}, got {value!r}")
+
+
 def strict_from_dict(cls, d: dict):
     """``cls(**d)`` that names unknown keys instead of raising a TypeError about ``__init__``."""
     names = {f.name for f in fields(cls)}
@@ -64,17 +73,23 @@ class PretrainConfig:
     epochs: int = 5  # pre-training epochs (paper: 5)
     min_steps_per_epoch: int = 20  # an epoch is at least this many optimizer steps (small data sets are cycled)
     target: Literal["machine", "machine_section_attr"] = "machine"  # classes: machine types, or type × section × attributes
-    val_fraction: float = 0.1  # held-out share of the clips of every class (accuracy, mAP)
+    val_fraction: float = 0.1  # held-out share in [0, 1) of the clips of every class (accuracy, mAP)
+    perturbation_classes: bool = False  # also one class per pseudo-outlier perturbation (impulses, time warp, …): a share of every batch is perturbed and labelled by its perturbation, so the encoder must notice short events and timing
+    perturbed_share: float = 0.5  # with perturbation_classes: share in (0, 1) of every batch that is perturbed
     amp: bool = True  # bfloat16 autocast on CUDA
     seed: int = 0  # weight initialisation, batch order and validation split
 
     def __post_init__(self):
         check_fields(self, "pretrain")
-        for name in ("lr", "batch_size", "micro_batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"pretrain {name} must be > 0, got {getattr(self, name)}")
-        if self.min_steps_per_epoch < 0:
-            raise ValueError(f"pretrain min_steps_per_epoch must be >= 0, got {self.min_steps_per_epoch}")
+        if not 0 < self.perturbed_share < 1:
+            raise ValueError(f"pretrain perturbed_share must be in (0, 1), got {self.perturbed_share}")
+        check_ranges(self, "pretrain", {
+            "lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+            "batch_size": (lambda v: v >= 1, ">= 1"), "micro_batch_size": (lambda v: v >= 1, ">= 1"),
+            "epochs": (lambda v: v >= 1, ">= 1"), "min_steps_per_epoch": (lambda v: v >= 0, ">= 0"),
+            "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1) (a share of every class's clips)"),
+            "seed": (lambda v: v >= 0, ">= 0"),
+        })
         if self.micro_batch_size > self.batch_size:
             self.micro_batch_size = self.batch_size
 
@@ -141,22 +156,23 @@ class FinetuneConfig(ScoreConfig):
         self.head_layers = tuple(int(i) if isinstance(i, float) and i.is_integer() else i for i in self.head_layers)
         check_fields(self, "finetune")
         super().__post_init__()
-        checks = {
-            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "lambda_adv": self.lambda_adv >= 0,
-            "delta": -1 <= self.delta <= 1, "unfreeze_k": self.unfreeze_k >= 0,
-            "head_dropout": 0 <= self.head_dropout < 1, "poe_ratio": self.poe_ratio >= 0,
-            "other_machine_share": 0 <= self.other_machine_share <= 1, "batch_size": self.batch_size > 0,
-            "accum_steps": self.accum_steps >= 1, "grad_clip": self.grad_clip > 0,
-            "center_momentum": 0 < self.center_momentum <= 1, "max_epochs": self.max_epochs >= 1,
-            "patience": self.patience >= 1, "min_steps_per_epoch": self.min_steps_per_epoch >= 0,
-            "heldout_fraction": 0 <= self.heldout_fraction < 1, "heldout_floor": self.heldout_floor >= 0,
-            "n_subclusters": self.n_subclusters >= 1, "arcface_margin": 0 <= self.arcface_margin < 1.5,
-            "arcface_scale": self.arcface_scale > 0, "mixup_prob": 0 <= self.mixup_prob <= 1,
-            "pseudo_classes": self.pseudo_classes >= 1, "class_weight_power": 0 <= self.class_weight_power <= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"finetune {name}: invalid value {getattr(self, name)!r}")
+        positive, nonnegative, at_least_1 = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1")
+        check_ranges(self, "finetune", {
+            "lr": positive, "weight_decay": nonnegative, "lambda_adv": nonnegative,
+            "delta": (lambda v: -1 <= v <= 1, "in [-1, 1]"), "unfreeze_k": nonnegative,
+            "head_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "poe_ratio": nonnegative,
+            "other_machine_share": (lambda v: 0 <= v <= 1, "in [0, 1]"), "emb_dim": at_least_1,
+            "head_hidden": at_least_1, "head_layers": (lambda v: all(i >= 0 for i in v), "block indices >= 0"),
+            "batch_size": at_least_1, "accum_steps": at_least_1, "grad_clip": positive,
+            "center_momentum": (lambda v: 0 < v <= 1, "in (0, 1]"), "domain_lr": positive,
+            "domain_weight_decay": nonnegative, "domain_hidden": at_least_1, "max_epochs": at_least_1,
+            "patience": at_least_1, "min_steps_per_epoch": nonnegative,
+            "heldout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"), "heldout_floor": nonnegative,
+            "n_subclusters": at_least_1, "arcface_margin": (lambda v: 0 <= v < 1.5, "in [0, 1.5) radians"),
+            "arcface_scale": positive, "mixup_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "pseudo_classes": at_least_1, "class_weight_power": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "seed": nonnegative,
+        })
         for name, allowed in (("objective", ("poe", "margin")), ("margin_loss", ("adacos", "arcface"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"finetune {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -203,12 +219,12 @@ class AEBaselineConfig:
 
     def __post_init__(self):
         check_fields(self, "baseline")
-        checks = {"lr": self.lr > 0, "max_epochs": self.max_epochs >= 1, "batch_size": self.batch_size >= 2,
-                  "validation_split": 0 <= self.validation_split < 1, "n_frames": self.n_frames >= 1,
-                  "min_steps_per_epoch": self.min_steps_per_epoch >= 0}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"baseline {name}: invalid value {getattr(self, name)!r}")
+        check_ranges(self, "baseline", {
+            "lr": (lambda v: v > 0, "> 0"), "max_epochs": (lambda v: v >= 1, ">= 1"),
+            "batch_size": (lambda v: v >= 2, ">= 2"),
+            "validation_split": (lambda v: 0 <= v < 1, "in [0, 1)"), "n_frames": (lambda v: v >= 1, ">= 1"),
+            "min_steps_per_epoch": (lambda v: v >= 0, ">= 0"), "seed": (lambda v: v >= 0, ">= 0"),
+        })
         if self.score not in ("mse", "mahalanobis"):
             raise ValueError(f"baseline score must be 'mse' or 'mahalanobis', got {self.score!r}")
 

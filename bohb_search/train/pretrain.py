@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,21 +14,33 @@ from data.datasets import PretrainData, to_tensor
 from models import ClassificationHead, EncoderConfig, build_encoder
 
 from .base import autocast, batches, epoch_batches, resolve_device
-from .configs import PretrainConfig
+from .configs import PretrainConfig, PseudoOutlierConfig
+from .pseudo_outliers import make_pseudo_outliers
 
 
 class PretrainTrainer:
-    """Encoder + linear classification head trained with cross-entropy (eq. 7) over machine types."""
+    """Encoder + linear classification head trained with cross-entropy (eq. 7) over machine types.
+
+    With ``perturbation_classes`` (and ``outliers``, the pseudo-outlier settings with the features' mel
+    geometry) the classes grow by one per perturbation kind: ``perturbed_share`` of every micro-batch is
+    replaced by perturbed copies (a click, a time warp, a notch, …), each labelled by its kind. Telling a clip
+    with a two-frame click from a clean one cannot be done from a summary that averages time away, which a
+    machine-type label alone never asks of the encoder (issue 25). Validation stays on clean clips."""
 
     def __init__(self, cfg: PretrainConfig, encoder_cfg: EncoderConfig, data: PretrainData,
-                 device: str | torch.device = "auto"):
+                 device: str | torch.device = "auto", outliers: PseudoOutlierConfig | None = None):
         self.cfg = cfg
         self.data = data
         self.device = resolve_device(device) if isinstance(device, str) else device
         torch.manual_seed(cfg.seed)
         self.encoder_cfg = encoder_cfg
+        if cfg.perturbation_classes and outliers is None:
+            raise ValueError("pretrain perturbation_classes needs the pseudo-outlier settings (outliers=)")
+        self.outliers = dataclasses.replace(outliers, ratio=1.0, other_machine_share=0.0) if outliers else None
+        self.kinds = list(self.outliers.kinds) if cfg.perturbation_classes else []
+        self.classes = list(data.classes) + [f"perturbed/{k}" for k in self.kinds]
         self.encoder = build_encoder(encoder_cfg).to(self.device)
-        self.head = ClassificationHead(encoder_cfg.pooled_dim, len(data.classes)).to(self.device)
+        self.head = ClassificationHead(encoder_cfg.pooled_dim, len(self.classes)).to(self.device)
         self.optimizer = torch.optim.AdamW(
             list(self.encoder.parameters()) + list(self.head.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -44,8 +57,7 @@ class PretrainTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             for mstart in range(0, len(idx), cfg.micro_batch_size):
                 mi = idx[mstart : mstart + cfg.micro_batch_size]
-                x = to_tensor(self.data.train_x[mi], self.device)
-                y = torch.from_numpy(self.data.train_y[mi]).to(self.device)
+                x, y = self._micro_batch(mi)
                 with autocast(self.device, cfg.amp):
                     logits = self.head(self.encoder(x).pooled)
                     loss = F.cross_entropy(logits.float(), y)
@@ -62,6 +74,18 @@ class PretrainTrainer:
         self.history.append(metrics)
         return metrics
 
+    def _micro_batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, F, T) inputs and labels; with perturbation classes the first ``perturbed_share`` of the rows
+        (the batch order is already random) become perturbed copies labelled by their kind."""
+        x = torch.from_numpy(self.data.train_x[rows].astype(np.float32))
+        y = torch.from_numpy(self.data.train_y[rows].astype(np.int64))
+        n = int(round(self.cfg.perturbed_share * len(rows))) if self.kinds else 0
+        if n:
+            perturbed, kinds = make_pseudo_outliers(x[:n], self.generator, self.outliers)
+            x[:n] = perturbed
+            y[:n] = torch.tensor([len(self.data.classes) + self.kinds.index(k) for k in kinds])
+        return x.unsqueeze(1).to(self.device), y.to(self.device)
+
     @torch.no_grad()
     def validate(self) -> dict:
         if len(self.data.val_y) == 0:
@@ -75,6 +99,7 @@ class PretrainTrainer:
                 probs.append(torch.softmax(self.head(self.encoder(x).pooled).float(), -1).cpu())
         p = torch.cat(probs).numpy()
         y = self.data.val_y
+        p = p[:, : len(self.data.classes)]  # clean clips: the perturbation classes are never the answer
         onehot = np.eye(len(self.data.classes))[y]
         present = onehot.sum(0) > 0  # mAP over the classes that have validation clips
         val_map = float(average_precision_score(onehot[:, present], p[:, present], average="macro"))
@@ -85,7 +110,7 @@ class PretrainTrainer:
             "kind": "pretrain",
             "config": self.cfg.to_dict(),
             "encoder_config": self.encoder_cfg.to_dict(),
-            "classes": list(self.data.classes),
+            "classes": list(self.classes),
             "encoder": self.encoder.state_dict(),
             "head": self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),

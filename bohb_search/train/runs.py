@@ -8,6 +8,7 @@ Runners take a configuration object for *what* is computed and a
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ from models import EncoderConfig, load_checkpoint, save_checkpoint
 
 from ..evaluate.run import log, report_skipped
 from ..scoring.model import MODEL_KIND, AnomalyModel
-from ..scoring.config import StatsBaselineConfig
+from ..scoring.config import DecisionConfig, StatsBaselineConfig
 from .configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
+from .finetune import pseudo_outlier_config
 from .pretrain import PretrainTrainer
 from .statistics import fit_stats_baseline
 from .setup import (
@@ -86,7 +88,8 @@ def run_pretrain(
     data = make_pretrain_data(table, cfg.target, cfg.val_fraction, cfg.seed)
     mean, std = feature_stats(data.train_x)
     encoder_cfg = EncoderConfig.from_dict({**encoder_cfg.to_dict(), "input_mean": mean, "input_std": std})
-    trainer = PretrainTrainer(cfg, encoder_cfg, data, opts.device)
+    outliers = pseudo_outlier_config(FinetuneConfig(), feature_cfg) if cfg.perturbation_classes else None
+    trainer = PretrainTrainer(cfg, encoder_cfg, data, opts.device, outliers=outliers)
     state = load_resume_state(out, cfg)  # before anything is written over the earlier run's files
     out.mkdir(parents=True, exist_ok=True)  # only once the data loaded: a failed start leaves no folder
     report_skipped(table.skipped, opts.quiet)
@@ -153,7 +156,11 @@ def export_model(trainer, setup: FinetuneSetup, threshold_percentile: float = 0.
         "history": trainer.history,
         "threshold_percentile": threshold_percentile,
     })
-    bundle["thresholds"] = AnomalyModel(bundle).thresholds
+    model = AnomalyModel(bundle)
+    bundle["thresholds"] = model.thresholds
+    for note in model.notes:  # said once, here, and kept in the report (e.g. a knn_k above a bank's size)
+        print(f"note: {note}", file=sys.stderr)
+        bundle["notes"] = [*bundle.get("notes", []), note]
     return bundle
 
 
@@ -235,6 +242,7 @@ def run_finetune(
     trained from scratch. An existing ``out_dir/trainer_last.pt`` is resumed.
     """
     out = Path(out_dir)
+    DecisionConfig(threshold_percentile)  # a bad threshold fails here, not after training
     if pretrained is None and encoder_cfg is None:
         raise DataError("from-scratch fine-tuning needs an encoder config (--preset …)")
     setup = prepare_finetune(data_roots, machines, pretrained, encoder_cfg, feature_cfg, opts.cache_dir,
@@ -278,6 +286,7 @@ def run_ae_baseline(
     are one call per machine. An existing ``out_dir/trainer_last.pt`` is resumed.
     """
     out = Path(out_dir)
+    DecisionConfig(threshold_percentile)  # a bad threshold fails here, not after training
     feature_cfg = dcase_ae_features(seconds)
     setup = prepare_finetune(data_roots, machines, None, None, feature_cfg, opts.cache_dir, opts.on_bad_file,
                              opts.quiet, other_machines=False)
@@ -311,6 +320,7 @@ def run_stats_baseline(
 ) -> Path:
     """Fit the no-training statistics yardstick (one pooling per machine) on the project's log-mel; ``model.pt``."""
     out = Path(out_dir)
+    DecisionConfig(threshold_percentile)  # a bad threshold fails here, not after fitting
     feature_cfg = feature_cfg or FeatureConfig()
     setup = prepare_finetune(data_roots, machines, None, None, feature_cfg, opts.cache_dir, opts.on_bad_file,
                              opts.quiet, other_machines=False)
