@@ -3,8 +3,8 @@
 (a) selective scan, L = 512, forward + backward: the compiled CPU kernel ("cpp") and the chunked PyTorch scan
     ("torch") against the reference loop;
 (b) inference latency of the SSM and AST encoders (same width, depth, tokenizer) at 32 to 2048 tokens, the SSM
-    with the compiled scan and with the PyTorch scan;
-(c) one pre-training step (encoder + classification head, AdamW), SSM against AST, per token count;
+    with the Mamba-1 mixer (compiled scan and PyTorch scan) and with the Mamba-2 (SSD) mixer;
+(c) one pre-training step (encoder + classification head, AdamW), Mamba-1 SSM, Mamba-2 SSM and AST, per token count;
 (d) one pre-training step with pixel-unshuffle r = 1 against r = 4 (the paper's 8× claim).
 
 Candidates of one comparison run interleaved (A B A B ...), so a load spike from other processes on this
@@ -104,9 +104,10 @@ GEOMETRIES = [(4, 10), (2, 10), (2, 20), (1, 10), (1, 40)]
 GOALS = {512: "≤ 1.0", 2048: "≤ 0.87"}
 
 
-def _encoder(kind: str, dim: int, depth: int, unshuffle: int, backend: str = "auto", frames: int = FRAMES_PER_10S):
+def _encoder(kind: str, dim: int, depth: int, unshuffle: int, backend: str = "auto", frames: int = FRAMES_PER_10S,
+             mixer: str = "mamba1"):
     cfg = encoder_preset("tiny", kind=kind, dim=dim, depth=depth, unshuffle=unshuffle, n_frames=frames,
-                         scan_backend=backend)
+                         scan_backend=backend, mixer=mixer)
     return build_encoder(cfg)
 
 
@@ -116,7 +117,8 @@ def bench_latency(dim: int, depth: int, reps: int) -> str:
     for unshuffle, seconds in GEOMETRIES:
         frames = seconds * FRAMES_PER_10S // 10
         encoders = {"ssm": _encoder("ssm", dim, depth, unshuffle, ssm_scan, frames).eval(),
-                    "ast": _encoder("ast", dim, depth, unshuffle, frames=frames).eval()}
+                    "ast": _encoder("ast", dim, depth, unshuffle, frames=frames).eval(),
+                    "mamba2": _encoder("ssm", dim, depth, unshuffle, "auto", frames, mixer="mamba2").eval()}
         if ssm_scan == "cpp":
             encoders["ssm_torch"] = _encoder("ssm", dim, depth, unshuffle, "torch", frames).eval()
             encoders["ssm_torch"].load_state_dict(encoders["ssm"].state_dict())
@@ -130,11 +132,12 @@ def bench_latency(dim: int, depth: int, reps: int) -> str:
             return run
 
         times = interleaved({k: infer(e) for k, e in encoders.items()}, reps)
-        ssm, ast = med(times["ssm"]), med(times["ast"])
+        ssm, ast, ssd = med(times["ssm"]), med(times["ast"]), med(times["mamba2"])
         torch_cells = (f"{med(times['ssm_torch']) * 1e3:.1f} | {med(times['ssm_torch']) / ast:.2f} | "
                        if "ssm_torch" in times else "– | – | ")
         rows.append(f"| {seconds} s | {unshuffle} | {tokens} | {ssm * 1e3:.1f} | {ast * 1e3:.1f} | **{ssm / ast:.2f}** "
-                    f"| {torch_cells}{GOALS.get(tokens, '–')} |")
+                    f"| {torch_cells}{ssd * 1e3:.1f} | **{ssd / ast:.2f}** | **{ssd / ssm:.2f}** "
+                    f"| {GOALS.get(tokens, '–')} |")
     return "\n".join(
         [
             f"### (b) Inference latency per clip, SSM vs AST encoder, batch 1 ({reps} interleaved runs, median)",
@@ -143,11 +146,15 @@ def bench_latency(dim: int, depth: int, reps: int) -> str:
             "mlp_ratio 4, patch 16, 128 mel bins, `torch.inference_mode()`. The token count is set by the "
             "pixel-unshuffle factor r and the clip length (r = 4 and 10 s is the paper's setting). SSM with the "
             f"compiled CPU scan (`{ssm_scan}`, what `scan_backend=\"auto\"` picks here) and, for comparison, with the "
-            "chunked PyTorch scan (same weights). Goals of issue 26: SSM / AST ≤ 1.0 at 512 tokens and ≤ 0.87 (the "
-            "paper's GPU figure) at 2048. Square patches only: the tokenizer has no tall-and-narrow patch shape.",
+            "chunked PyTorch scan (same weights). Mamba-2: the same encoder with `mixer=\"mamba2\"` (SSD, headdim "
+            "16, its chunked PyTorch form: what `\"auto\"` runs on CPU); its ratios are to AST and to the Mamba-1 SSM "
+            "(compiled scan). Goals of issue 26: SSM / AST ≤ 1.0 at 512 tokens and ≤ 0.87 (the "
+            "paper's GPU figure) at 2048 (Mamba-1 columns). Square patches only: the tokenizer has no tall-and-narrow "
+            "patch shape.",
             "",
-            "| input | r | tokens | SSM ms | AST ms | SSM / AST | SSM (PyTorch scan) ms | its / AST | goal |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| input | r | tokens | SSM ms | AST ms | SSM / AST | SSM (PyTorch scan) ms | its / AST | Mamba-2 ms "
+            "| Mamba-2 / AST | Mamba-2 / SSM | goal |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
         ]
     )
@@ -179,20 +186,24 @@ def bench_train_ssm_vs_ast(dim: int, depth: int, batch: int, reps: int) -> str:
         torch.manual_seed(0)
         steps = {kind: _train_step(_encoder(kind, dim, depth, unshuffle, ssm_scan, frames), dim, batch, frames)
                  for kind in ("ssm", "ast")}
+        steps["mamba2"] = _train_step(_encoder("ssm", dim, depth, unshuffle, "auto", frames, mixer="mamba2"), dim,
+                                      batch, frames)
         tokens = encoder_preset("tiny", unshuffle=unshuffle, n_frames=frames).n_tokens
         times = interleaved(steps, reps)
-        ssm, ast = med(times["ssm"]), med(times["ast"])
+        ssm, ast, ssd = med(times["ssm"]), med(times["ast"]), med(times["mamba2"])
         rows.append(f"| {seconds} s | {unshuffle} | {tokens} | {ssm:.3f} | {ast:.3f} | **{ssm / ast:.2f}** "
-                    f"| {'≤ 1.0' if tokens == 512 else '–'} |")
+                    f"| {ssd:.3f} | **{ssd / ast:.2f}** | **{ssd / ssm:.2f}** | {'≤ 1.0' if tokens == 512 else '–'} |")
     return "\n".join(
         [
-            f"### (c) One pre-training step, SSM vs AST ({reps} interleaved runs, median)",
+            f"### (c) One pre-training step, SSM (Mamba-1, Mamba-2) vs AST ({reps} interleaved runs, median)",
             "",
             f"Encoder width {dim}, depth {depth}, + linear classification head, AdamW, batch {batch}; SSM with the "
-            f"`{ssm_scan}` scan. Goal of issue 26: SSM step ≤ AST step at 512 tokens.",
+            f"Mamba-1 mixer and the `{ssm_scan}` scan, Mamba-2 with the SSD mixer (chunked PyTorch form). Goal of "
+            "issue 26: SSM step ≤ AST step at 512 tokens.",
             "",
-            "| input | r | tokens | SSM step, s | AST step, s | SSM / AST | goal |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| input | r | tokens | SSM step, s | AST step, s | SSM / AST | Mamba-2 step, s | Mamba-2 / AST "
+            "| Mamba-2 / SSM | goal |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
         ]
     )

@@ -9,6 +9,7 @@ Imports neither ``data`` nor ``bohb_search``. Names are imported on first use (P
     scan.py         selective_scan with "reference" | "torch" | "cpp" (compiled CPU) | "cuda" (mamba-ssm) backends
     scan_cpu.py     the "cpp" kernel (csrc/selective_scan_cpu.cpp): built on first use, cached, ctypes + autograd
     ssm.py          BiMambaMixer and SSMBlock: the bidirectional selective SSM block (section 2.2)
+    ssd.py          ssd_scan (Mamba-2's chunked SSD; "torch" | "reference" | "cuda") and BiMamba2Mixer (mixer="mamba2")
     attention.py    AttentionBlock: the AST-style baseline block
     layers.py       norm choice, MLP sub-block, stochastic depth
     encoder.py      Encoder / build_encoder → EncoderOutput(pooled, layers, tokens)
@@ -38,12 +39,14 @@ _EXPORTS = {
     "EncoderOutput": "encoder",
     "GradientReversal": "domain",
     "MahalanobisModel": "autoencoder",
+    "MIXERS": "config",
     "PRESETS": "config",
     "PatchStatisticsMap": "heads",
     "PixelUnshufflePatchEmbed": "tokenizer",
     "SCAN_BACKENDS": "config",
     "build_encoder": "encoder",
     "cuda_scan_available": "scan",
+    "cuda_ssd_available": "ssd",
     "cpu_scan_available": "scan_cpu",
     "encoder_preset": "config",
     "ResidualCovariance": "autoencoder",
@@ -62,6 +65,9 @@ _EXPORTS = {
     "selective_scan": "scan",
     "selective_scan_reference": "scan",
     "selective_scan_torch": "scan",
+    "ssd_chunked": "ssd",
+    "ssd_reference": "ssd",
+    "ssd_scan": "ssd",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 SCAN_BACKENDS = ("auto", "torch", "reference", "cuda", "cpp")  # see models.scan
 
 ENCODER_KINDS = ("ssm", "ast")
+MIXERS = ("mamba1", "mamba2")  # the SSM block's token mixer: models.ssm (Mamba-1, S6) or models.ssd (Mamba-2, SSD)
 POOLS = ("cls_middle", "mean", "stats")
 NORMS = ("layernorm", "rmsnorm")
 
@@ -38,6 +39,8 @@ class EncoderConfig:
     dt_min: float = 1e-3  # Δ is initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
     scan_backend: str = "auto"  # "auto" | "cpp" | "torch" | "reference" | "cuda"  (see models.scan)
+    mixer: str = "mamba1"  # "mamba1": the paper's selective scan (S6, a decay per channel and state); "mamba2": SSD (Dao & Gu 2024), a scalar decay per head, computed as chunked matrix products (models.ssd)
+    headdim: int = 16  # mixer="mamba2": channels per head P, sharing one decay; must divide E = expand*dim. Mamba-2's 64 would leave E=128..384 (dim 64..192) with 2..6 heads, i.e. only 2..6 memory lengths; 16 gives 8..24
     # attention (kind="ast")
     n_heads: int = 3  # heads of the self-attention; dim must divide evenly
     # parts shared by both block types
@@ -96,11 +99,20 @@ class EncoderConfig:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
-        positive = ("dim", "depth", "n_mels", "n_frames", "unshuffle", "patch", "d_state", "expand", "d_conv", "n_heads")
+        positive = ("dim", "depth", "n_mels", "n_frames", "unshuffle", "patch", "d_state", "expand", "d_conv", "n_heads",
+                    "headdim")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
+        if self.kind == "ssm" and self.mixer == "mamba2":
+            if self.inner_dim % self.headdim:
+                raise ValueError(f"headdim={self.headdim} must divide the mixer width expand*dim={self.inner_dim}")
+            if self.scan_backend == "cpp":  # the compiled kernel runs the Mamba-1 recurrence only
+                raise ValueError("scan_backend='cpp' is the compiled Mamba-1 scan; mixer='mamba2' takes "
+                                 "'auto', 'torch', 'reference' or 'cuda'")
         if self.patch_time is not None and (isinstance(self.patch_time, bool) or not isinstance(self.patch_time, int)
                                             or self.patch_time < 1):
             raise ValueError(f"patch_time must be a positive integer or None, got {self.patch_time!r}")

@@ -18,6 +18,7 @@ from .attention import AttentionBlock
 from .config import EncoderConfig
 from .layers import make_norm
 from .scan import SCAN_BACKENDS
+from .ssd import BiMamba2Mixer
 from .ssm import BiMambaMixer, SSMBlock
 from .statistics import time_statistics
 from .tokenizer import PixelUnshufflePatchEmbed
@@ -59,12 +60,12 @@ class Encoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def set_scan_backend(self, name: str) -> None:
-        """Switch every SSM block's scan backend ("auto" | "torch" | "reference" | "cuda"), e.g. after loading."""
+        """Switch every SSM block's scan backend ("auto" | "cpp" | "torch" | "reference" | "cuda"), e.g. after loading."""
         if name not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {name!r}")
         self.config.scan_backend = name
         for module in self.modules():
-            if isinstance(module, BiMambaMixer):
+            if isinstance(module, (BiMambaMixer, BiMamba2Mixer)):
                 module.scan_backend = name
 
     def _pool(self, h: torch.Tensor, cls_at: int | None, rows: int) -> torch.Tensor:

@@ -18,6 +18,9 @@ Audio-Mamba's bidirectional blocks. Discretisation is Ā = exp(ΔA), B̄ = ΔB (
 
 Initialisation happens where the parameters are made (``BiMambaMixer.__init__``); the encoder's generic
 Linear init (``models.encoder``) only touches the ``nn.Linear`` in/out projections.
+
+``EncoderConfig.mixer = "mamba2"`` puts Mamba-2's SSD mixer (``models.ssd``, a scalar decay per head) in the
+same block instead; "mamba1" (the default, and what checkpoints without the field load as) is this one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import nn
 from .config import EncoderConfig
 from .layers import PreNormBlock
 from .scan import selective_scan
+from .ssd import BiMamba2Mixer
 
 
 class BiMambaMixer(nn.Module):
@@ -107,7 +111,12 @@ class BiMambaMixer(nn.Module):
 
 
 class SSMBlock(PreNormBlock):
-    """Pre-norm residual block: x + BiMamba(Norm(x)), then x + MLP(Norm(x))."""
+    """Pre-norm residual block: x + BiMamba(Norm(x)), then x + MLP(Norm(x)).
+
+    The mixer is :class:`BiMambaMixer` (``cfg.mixer == "mamba1"``, the paper's) or the Mamba-2 (SSD) mixer
+    ``models.ssd.BiMamba2Mixer`` (``"mamba2"``); both map (B, L, D) → (B, L, D) and fuse the directions alike.
+    """
 
     def __init__(self, cfg: EncoderConfig, drop_path: float = 0.0):
-        super().__init__(BiMambaMixer(cfg), cfg.dim, cfg.norm, cfg.mlp_ratio, cfg.dropout, drop_path)
+        mixer = BiMamba2Mixer(cfg) if cfg.mixer == "mamba2" else BiMambaMixer(cfg)
+        super().__init__(mixer, cfg.dim, cfg.norm, cfg.mlp_ratio, cfg.dropout, drop_path)
