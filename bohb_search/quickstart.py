@@ -67,7 +67,7 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     from .train.runs import run_pretrain
     from .tune.runner import default_space, run_search
     from .tune.settings import SearchSettings
-    from .tune.tracking import mlflow_ui_command, resolve_tracking_uri
+    from .tune.tracking import experiment_runs_link, mlflow_ui_command, resolve_tracking_uri
 
     out = Path(q.out).resolve()
     if q.fresh and out.exists():
@@ -138,6 +138,9 @@ def run_quickstart(q: QuickstartConfig) -> dict:
     print()
     print(to_markdown(table3(reports)))
     q.timings["total"] = round(time.perf_counter() - t_start, 1)
+    # the runs tables of the searches and the final models (MLflow's bare links open its GenAI view)
+    links = [link for exp in [f"bohb-search/{name}" for name, *_ in searches] + ["bohb-search/final"]
+             if (link := experiment_runs_link(tracking_uri, exp))]
     print(f"""
 [quickstart] done in {q.timings['total']:.0f} s. Everything is under {out}/:
   data/                 the synthetic DCASE-layout data set
@@ -146,5 +149,6 @@ def run_quickstart(q: QuickstartConfig) -> dict:
   final/tables/         table2/table3 (.csv, .md), per_section.csv, summary.json
   final/evaluate/<name>/submission/   DCASE anomaly_score_*/decision_result_* files
   final/models/<name>/model.pt        final checkpoints (score new recordings: bohb-search score --model …)
-Compare the trials in MLflow:  {mlflow_ui_command(tracking_uri)}""")
+Compare the trials in MLflow:  {mlflow_ui_command(tracking_uri)}
+  then open""" + "".join(f"\n    {link}" for link in links))
     return q.timings

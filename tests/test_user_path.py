@@ -101,3 +101,13 @@ def test_help_says_an_existing_out_folder_is_resumed(cmd, capsys):
     text = " ".join(capsys.readouterr().out.split())
     out_help = text[text.rindex("--out OUT"):][:300]  # the option's help, not the usage line
     assert "resumed" in out_help and "refused" in out_help, out_help
+
+
+def test_the_printed_mlflow_link_opens_the_experiments_runs_table(tmp_path):
+    from bohb_search.tune.tracking import client, experiment_runs_link, get_or_create_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = get_or_create_experiment(client(uri), "bohb-search/fan", uri)
+    # MLflow 3's bare experiment link opens the GenAI view; the trials are in the runs table
+    assert experiment_runs_link(uri, "bohb-search/fan") == f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs"
+    assert experiment_runs_link(uri, "bohb-search/none") is None

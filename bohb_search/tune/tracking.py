@@ -49,6 +49,18 @@ def mlflow_ui_command(uri: str) -> str:
     return f"{shlex.quote(str(exe))} ui --backend-store-uri {shlex.quote(uri)} --port 5000"
 
 
+def experiment_runs_link(uri: str, experiment: str, ui: str = "http://127.0.0.1:5000") -> str | None:
+    """The MLflow UI page that lists ``experiment``'s runs (its trials), or None when there is no such
+    experiment. MLflow 3's home page and bare experiment links open the GenAI (traces) view; the runs table
+    lives at ``#/experiments/<id>/runs``. ``ui`` is where ``mlflow ui`` serves a local store; an http(s)
+    tracking URI is its own UI."""
+    exp = client(uri).get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui.rstrip("/")
+    return f"{base}/#/experiments/{exp.experiment_id}/runs"
+
+
 def artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a local (sqlite) store go next to the database, not into ./mlruns of whatever
     directory the command ran in; a tracking server decides for itself (None)."""
