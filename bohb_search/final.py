@@ -76,19 +76,79 @@ def find_best_configs(paths: list[Path] | None, searches_dir: Path | None) -> li
     return [Path(p) for p in found]
 
 
+def _is_text(v) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _is_text_list(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_text(x) for x in v)
+
+
+# the fields final-train reads from a best_config.json: (test, what the field must hold); others are reports
+BEST_FIELDS = {
+    "data": (_is_text_list, "a non-empty list of data-root folders (e.g. [\"datasets/synth\"])"),
+    "pretrained": (_is_text, "the path of an encoder.pt (a string)"),
+    "finetune_config": (lambda v: isinstance(v, dict), "a mapping of fine-tuning settings"),
+    "machines": (lambda v: v is None or _is_text_list(v), "a non-empty list of machine types, or null (generalized)"),
+    "generalized": (lambda v: isinstance(v, bool), "true or false"),
+    "search": (lambda v: v is None or _is_text(v), "the search's name (a string)"),
+}
+REQUIRED_BEST_FIELDS = ("data", "pretrained", "finetune_config")
+
+
 def load_best(path: Path) -> dict:
-    from data.datasets import DataError
+    """A ``best_config.json`` written by ``search``, its fields checked by type as well as by name: a bad
+    one is one line naming the file and the field (``"data": "/some/dir"`` is not a list of roots)."""
+    from data.datasets import DataError, check_data_roots
 
     try:
-        best = json.loads(path.read_text())
-        # A search written before the patch-statistics score existed (no `embedding` key) selected its
-        # configuration with the head's embedding: retrain it with that, not with today's default.
-        best["finetune_config"].setdefault("embedding", "head")
+        best = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable best_config.json ({' '.join(str(err).split())})") from None
+    if not isinstance(best, dict):
+        raise DataError(f"{path}: not a best_config.json written by `search` (holds a {type(best).__name__}, "
+                        f"not a mapping of fields)")
+    missing = [k for k in REQUIRED_BEST_FIELDS if k not in best]
+    if missing:
+        raise DataError(f"{path}: not a best_config.json written by `search` (no field {', '.join(missing)})")
+    for key, (ok, expected) in BEST_FIELDS.items():
+        if key in best and not ok(best[key]):
+            raise DataError(f"{path}: field \"{key}\" must be {expected}, got {json.dumps(best[key])[:80]}")
+    if best.get("generalized") is True and best.get("machines"):
+        raise DataError(f"{path}: field \"machines\" must be null for a generalized search, got "
+                        f"{json.dumps(best['machines'])[:80]}")
+    check_data_roots(best["data"], f"{path}: field \"data\":")
+    # A search written before the patch-statistics score existed (no `embedding` key) selected its
+    # configuration with the head's embedding: retrain it with that, not with today's default.
+    best["finetune_config"].setdefault("embedding", "head")
+    try:
         FinetuneConfig.from_dict(best["finetune_config"])
-        best["data"], best["pretrained"]  # noqa: B018 - required keys
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{path}: not a best_config.json written by `search` ({err})") from None
+    except (TypeError, ValueError) as err:
+        message = " ".join(str(err).split())
+        raise DataError(f"{path}: field \"finetune_config\": {message.removeprefix('finetune ')}") from None
     return best
+
+
+def check_best_configs(paths: list[Path], cfg: "FinalTrainConfig") -> list[dict]:
+    """Every best_config.json final-train will retrain, read and checked before the first model trains: its
+    fields, its data roots and pre-trained encoder on disk, and its settings with this run's overrides."""
+    from data.datasets import DataError
+
+    bests = []
+    for path in paths:
+        best = load_best(path)
+        for root in best["data"]:
+            if not Path(root).is_dir():
+                raise DataError(f"{path}: field \"data\" names {root}, which is not a folder")
+        if not Path(best["pretrained"]).is_file():
+            raise DataError(f"{path}: field \"pretrained\" names {best['pretrained']}, which is not a file")
+        try:
+            FinetuneConfig.from_dict({**best["finetune_config"], **cfg.finetune, "max_epochs": cfg.max_epochs})
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{path}: its finetune_config with this run's overrides: "
+                            f"{' '.join(str(err).split())}") from None
+        bests.append(best)
+    return bests
 
 
 def _log_final_run(tracking_uri: str | None, name: str, params: dict, report, model_path: Path,
@@ -171,6 +231,7 @@ def run_final_train(best_paths: list[Path], out_dir: Path, cfg: FinalTrainConfig
     from .train.runs import run_ae_baseline, run_finetune, run_stats_baseline
 
     out = Path(out_dir)
+    check_best_configs(best_paths, cfg)  # every file before the first model trains
     finals: list[FinalModel] = []
 
     def add(name: str, system: str, model: Path, best: dict, score=None) -> None:

@@ -41,7 +41,27 @@ class FeatureTable:
         return FeatureTable(self.manifest.iloc[idx].reset_index(drop=True), self.features[idx], self.feature_cfg)
 
 
+def check_data_roots(roots: Sequence[str | Path], what: str = "data root") -> None:
+    """Refuse a data root given twice, or one inside another (their clips would be read twice: a training
+    set counted double, test clips scored twice), naming ``what`` (``--data``, or a file and its key)."""
+    if isinstance(roots, (str, Path)):
+        raise DataError(f"{what}: expected a list of data-root folders, got the single value {str(roots)!r}")
+    seen: dict[Path, str] = {}
+    for root in roots:
+        resolved = Path(root).resolve()
+        for other, given in seen.items():
+            if resolved == other:
+                also = "" if str(root) == given else f" (also as {given})"
+                raise DataError(f"{what} {root}: the same data root given twice{also}; give each data root once")
+            if other in resolved.parents or resolved in other.parents:
+                inner, outer = (root, given) if other in resolved.parents else (given, root)
+                raise DataError(f"{what} {inner}: lies inside the data root {outer}, so its clips would be read "
+                                f"twice; give one of them")
+        seen[resolved] = str(root)
+
+
 def read_manifests(roots: Sequence[str | Path]) -> pd.DataFrame:
+    check_data_roots(roots)
     frames = []
     for root in roots:
         try:

@@ -161,7 +161,7 @@ def test_checkpoint_messages(env, tmp_path):
     (["--lr", "-1e-3"], ["lr", "-0.001"]),
     (["--seconds", "0.01"], ["--seconds 0.01", "window"]),
     (["--batch-size", "32.5"], ["--batch-size", "32.5"]),
-    (["--head-dropout", "1.5"], ["head_dropout", "1.5"]),
+    (["--head-dropout", "1.5"], ["--head-dropout", "1.5"]),
 ])
 def test_out_of_range_numbers_are_refused_before_anything_runs(env, tmp_path, args, words):
     res = run_cli("finetune", "--pretrained", str(env["pre"]), "--data", str(env["data"]), "--machine", "fan",

@@ -101,9 +101,9 @@ def test_config_file_with_flag_overrides_and_effective_config_written(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"finetune": {"lr": -1}}, "finetune lr: invalid value -1"),
+    ({"finetune": {"lr": -1}}, "bad.yaml: finetune.lr must be > 0, got -1"),
     ({"finetune": {"learning_rate": 1}}, "unknown setting(s) learning_rate"),
-    ({"finetune": {"score": "euclid"}}, "finetune score: expected one of cosine, knn, got 'euclid'"),
+    ({"finetune": {"score": "euclid"}}, "bad.yaml: finetune.score: expected one of cosine, knn, got 'euclid'"),
     ({"finetuning": {}}, "unknown section(s) finetuning"),
 ])
 def test_bad_config_file_is_one_line(tmp_path, bad, message):

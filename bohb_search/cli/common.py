@@ -4,6 +4,7 @@ configuration dataclass, and their conversion back into configuration objects.""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from data.config import AudioConfig, RunOptions
 from data.threads import use_threads
 from models import EncoderConfig
 
-from .flags import UsageError, add_config_flags, given
+from .flags import UsageError, add_config_flags, attributed, flag_name, given
 
 # EncoderConfig fields that follow from the data (input size, normalisation), never from a flag
 DERIVED_ENCODER_FIELDS = ("n_mels", "n_frames", "input_mean", "input_std")
@@ -21,24 +22,45 @@ def add_feature_flags(p: argparse.ArgumentParser) -> list[str]:
     return add_config_flags(p, AudioConfig, title="features (audio → log-mel)")
 
 
-def feature_config(args: argparse.Namespace, file_section: dict | None = None):
-    """The FeatureConfig from a ``features`` file section (FeatureConfig.to_dict layout) and the audio flags."""
+def feature_config(args: argparse.Namespace, file_section: dict | None = None, config: Path | None = None):
+    """The FeatureConfig from a ``features`` file section (FeatureConfig.to_dict layout) and the audio flags;
+    a bad value is named by its flag, or by the ``--config`` file and key it came from."""
     from data.features import FeatureConfig
 
     section = dict(file_section or {})
-    audio = {**(section.pop("audio", None) or {}), **given(args, AUDIO_FLAGS)}
+    file_audio = section.pop("audio", None) or {}
+    if not isinstance(file_audio, dict):
+        raise UsageError(f"--config {config}: features.audio must be a mapping of settings, got {file_audio!r}")
+    unknown = sorted(set(file_audio) - set(AUDIO_FLAGS))
+    if unknown:
+        raise UsageError(f"--config {config}: features.audio: unknown setting(s) {', '.join(map(str, unknown))}")
+    typed = given(args, AUDIO_FLAGS)
+    audio = {**file_audio, **typed}
+
+    def bad(message: str) -> UsageError:
+        return attributed(message, "audio", typed, file_audio, config, "features.audio")
+
     if "channel" in audio and audio["channel"] != "mean":
         try:
             audio["channel"] = int(audio["channel"])
         except (TypeError, ValueError):
-            raise UsageError(f"--channel must be an integer index or 'mean', got {audio['channel']!r}") from None
+            raise bad(f"channel must be an integer index or 'mean', got {audio['channel']!r}") from None
     seconds = audio.get("seconds", AudioConfig.seconds)
-    if not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise UsageError(f"--seconds must be > 0, got {seconds}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise bad(f"seconds must be > 0, got {seconds}")
     try:
-        return FeatureConfig.from_dict({**section, "audio": audio})
+        audio_cfg = AudioConfig(**audio)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"features: {err}") from None
+        raise bad(str(err)) from None
+    try:
+        return FeatureConfig.from_dict({**section, "audio": audio_cfg.to_dict()})
+    except (TypeError, ValueError) as err:
+        # the one check that reads the audio settings too: --seconds shorter than one analysis window
+        if str(err).startswith("--seconds") and "seconds" not in typed and "seconds" in file_audio:
+            raise UsageError(f"--config {config}: features.audio.seconds{str(err)[len('--seconds'):]}") from None
+        if str(err).startswith("--seconds"):
+            raise UsageError(str(err)) from None
+        raise attributed(err, "features", {}, section, config, "features") from None
 
 
 AUDIO_FLAGS = tuple(f for f in AudioConfig.__dataclass_fields__)
@@ -54,18 +76,21 @@ def add_encoder_flags(p: argparse.ArgumentParser, title: str = "encoder (ignored
 ENCODER_FLAGS = tuple(f for f in EncoderConfig.__dataclass_fields__ if f not in DERIVED_ENCODER_FIELDS)
 
 
-def encoder_config(args: argparse.Namespace, file_section: dict | None = None) -> EncoderConfig:
-    """The named preset with the file's and the command line's overrides (the runners size it to the features)."""
+def encoder_config(args: argparse.Namespace, file_section: dict | None = None,
+                   config: Path | None = None) -> EncoderConfig:
+    """The named preset with the file's and the command line's overrides (the runners size it to the features);
+    a bad value is named by its flag, or by the ``--config`` file and key it came from."""
     from models import encoder_preset
 
     section = dict(file_section or {})
     preset = getattr(args, "preset", None) or section.pop("preset", "tiny")
     section.pop("preset", None)
-    overrides = {**{k: v for k, v in section.items() if k not in DERIVED_ENCODER_FIELDS}, **given(args, ENCODER_FLAGS)}
+    from_file = {k: v for k, v in section.items() if k not in DERIVED_ENCODER_FIELDS}
+    typed = given(args, ENCODER_FLAGS)
     try:
-        return encoder_preset(preset, **overrides)
+        return encoder_preset(preset, **{**from_file, **typed})
     except (ValueError, TypeError) as err:
-        raise UsageError(f"encoder: {err}") from None
+        raise attributed(err, "encoder", typed, from_file, config, "encoder", rename={"kind": "backbone"}) from None
 
 
 RUN_FLAGS = tuple(RunOptions.__dataclass_fields__)
@@ -75,19 +100,37 @@ def add_run_flags(p: argparse.ArgumentParser, only: tuple[str, ...] | None = Non
     add_config_flags(p, RunOptions, title="how the run runs", only=only)
 
 
-def run_options(args: argparse.Namespace, file_section: dict | None = None) -> RunOptions:
-    d = {**(file_section or {}), **given(args, RUN_FLAGS)}
+def run_options(args: argparse.Namespace, file_section: dict | None = None, config: Path | None = None) -> RunOptions:
+    """The RunOptions of the flags over the ``--config`` file's ``run`` section; the feature cache it names
+    (or the default one) is checked for writing here, before any work."""
+    file_section = dict(file_section or {})
+    unknown = sorted(set(file_section) - set(RUN_FLAGS))
+    if unknown:
+        raise UsageError(f"--config {config}: run: unknown setting(s) {', '.join(map(str, unknown))}")
+    typed = given(args, RUN_FLAGS)
+    d = {**file_section, **typed}
+
+    def bad(message: str) -> UsageError:
+        return attributed(message, "run", typed, file_section, config, "run")
+
     if d.get("cache_dir") is not None:
+        if not isinstance(d["cache_dir"], (str, Path)):
+            raise bad(f"cache_dir must be a folder path, got {d['cache_dir']!r}")
         d["cache_dir"] = Path(d["cache_dir"])
     if d.get("on_bad_file", "fail") not in ("fail", "skip"):
-        raise UsageError(f"--on-bad-file must be 'fail' or 'skip', got {d['on_bad_file']!r}")
+        raise bad(f"on_bad_file must be 'fail' or 'skip', got {d['on_bad_file']!r}")
     threads = d.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise UsageError(f"--threads must be a positive integer, got {threads!r}")
+        raise bad(f"threads must be a positive integer, got {threads!r}")
     try:
         opts = RunOptions(**d)
     except TypeError as err:
         raise UsageError(f"run options: {err}") from None
+    if opts.cache_dir is None:
+        check_cache_root(None)
+    elif "cache_dir" not in typed:  # a typed --cache-dir was checked with the other output flags
+        source = f"--config {config}: run.cache_dir" if config is not None else "cache_dir"
+        check_output_location(opts.cache_dir, source)
     # every command that computes builds its options here: this process's share of the cores is set once, before
     # any work (--threads, else the CPUs its affinity mask allows; data.threads says why)
     use_threads(opts.threads)
@@ -130,25 +173,94 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def check_output_file(path: Path | None, flag: str) -> None:
-    """An output FILE flag: refused before any work when it names a folder or its folder cannot be made."""
+# ---------------------------------------------------------------------------------------------------- outputs
+
+OUTPUT_KINDS = ("folder", "file", "replaced folder")
+
+
+def writable(folder: Path) -> bool:
+    """Whether this process may create and rename entries in ``folder``: its permissions and a read-only
+    mount both count (``os.access``; note that root passes permission bits, not a read-only mount)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_output_location(path: Path | str | None, flag: str, kind: str = "folder") -> None:
+    """The one check of every output location, made before any work: refused with one line naming ``flag``
+    (a flag, or ``--config FILE: key``) when it cannot be written.
+
+    ``kind``: ``folder`` (files are written into it; it and any missing parents are made), ``file``
+    (written atomically: a temporary file beside it, then renamed over it), ``replaced folder`` (built
+    beside it and renamed into place, as ``evaluate`` does: its parent must be writable too). Refused: an
+    existing file where a folder is wanted or a folder where a file is, a broken symbolic link, a folder
+    that is not writable, and a missing path whose nearest existing parent is a file or not writable.
+    Nothing is created.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(OUTPUT_KINDS)}, got {kind!r}")
     if path is None:
         return
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    path = Path(path)
+    label = f"{flag} {path}"
+    if os.path.lexists(path) and not path.exists():
+        raise UsageError(f"{label}: a broken symbolic link")
+    if path.exists():
+        if kind == "file":
+            if path.is_dir():
+                raise UsageError(f"{label}: is a folder; give a file name")
+        else:
+            if not path.is_dir():
+                raise UsageError(f"{label}: exists and is not a folder")
+            if not writable(path):
+                raise UsageError(f"{label}: the folder is not writable")
+            if kind == "folder":
+                return
     parent = path.parent
-    while not parent.exists():
+    while not os.path.lexists(parent) and parent != parent.parent:
         parent = parent.parent
+    if os.path.lexists(parent) and not parent.exists():
+        raise UsageError(f"{label}: {parent} is a broken symbolic link, so the folder cannot be made")
     if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: {parent} is a file, so the folder cannot be made")
+        raise UsageError(f"{label}: {parent} is a file, so the folder cannot be made")
+    if not writable(parent):
+        what = "the file" if kind == "file" else "the folder"
+        raise UsageError(f"{label}: {parent} is not writable, so {what} cannot be "
+                         f"{'written' if path.exists() or parent == path.parent else 'made'}")
+
+
+def check_cache_root(cache_dir: Path | None, flag: str = "--cache-dir") -> None:
+    """The feature cache a command writes: ``cache_dir``, else ``$BOHB_SEARCH_CACHE`` or the default root."""
+    if cache_dir is not None:
+        check_output_location(cache_dir, flag)
+        return
+    from data.features import default_cache_root
+
+    source = ("$BOHB_SEARCH_CACHE" if os.environ.get("BOHB_SEARCH_CACHE")
+              else "the default feature cache (choose another with --cache-dir or $BOHB_SEARCH_CACHE)")
+    check_output_location(default_cache_root(), source)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output flag a command declared (``set_defaults(outputs={dest: kind})``) and its data roots,
+    checked before the command does anything."""
+    for dest, kind in (getattr(args, "outputs", None) or {}).items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_output_location(Path(value), flag_name(dest), kind)
+    roots = getattr(args, "data", None)
+    if isinstance(roots, list):
+        from data.datasets import DataError, check_data_roots
+
+        try:
+            check_data_roots(roots, "--data")
+        except DataError as err:
+            raise UsageError(str(err)) from None
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """An output FILE flag (see :func:`check_output_location`)."""
+    check_output_location(path, flag, "file")
 
 
 def check_output_folder(path: Path, flag: str = "--out") -> None:
-    """An output FOLDER flag: refused before any work when it names a file."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a folder")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: {parent} is a file, so the folder cannot be made")
+    """An output FOLDER flag (see :func:`check_output_location`)."""
+    check_output_location(path, flag, "folder")

@@ -9,8 +9,6 @@ from pathlib import Path
 from .common import (
     add_feature_flags,
     add_run_flags,
-    check_output_file,
-    check_output_folder,
     feature_config,
     load_manifest_or_fail,
     nonnegative_int,
@@ -23,7 +21,6 @@ from .flags import UsageError, add_config_flags, build_config, given
 def cmd_data_summary(args: argparse.Namespace) -> int:
     from data.manifest import empty_machine_dirs, summarize
 
-    check_output_file(args.csv, "--csv")
     df = load_manifest_or_fail(args.data)
     for d in empty_machine_dirs(args.data):
         print(f"warning: {d}: machine folder holds no clips", file=sys.stderr)
@@ -64,7 +61,6 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from data.synth import SynthConfig, synthesize
 
     cfg = build_config(SynthConfig, {}, given(args, SynthConfig.__dataclass_fields__), "data synth")
-    check_output_folder(args.out)
     try:
         df = synthesize(args.out, cfg, workers=args.workers, progress=not args.quiet)
     except ValueError as err:
@@ -77,7 +73,6 @@ def cmd_data_first_shot(args: argparse.Namespace) -> int:
     from data.firstshot import FirstShotError, write_first_shot_tree
     from data.manifest import ManifestError
 
-    check_output_folder(args.out)
     try:
         table = write_first_shot_tree(args.data, args.out, args.train_source, args.train_target)
     except (FirstShotError, ManifestError) as err:
@@ -105,7 +100,7 @@ def register(sub) -> None:
                         description="Read a DCASE folder and print clip counts by machine × split × label × domain.")
     p.add_argument("--data", type=Path, required=True, help="DCASE data root (any DCASE layout)")
     p.add_argument("--csv", type=Path, default=None, help="also write the long-form counts table as CSV")
-    p.set_defaults(func=cmd_data_summary)
+    p.set_defaults(func=cmd_data_summary, outputs={"csv": "file"})
 
     p = dsub.add_parser("features", help="extract and cache log-mel features (prints clips/s)",
                         description="Compute the log-mel features of every clip once and cache them on disk.")
@@ -114,7 +109,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="clips per extraction batch, >= 1 (default 32)")
     add_feature_flags(p)
     add_run_flags(p, only=("cache_dir", "on_bad_file", "quiet"))
-    p.set_defaults(func=cmd_data_features)
+    p.set_defaults(func=cmd_data_features, outputs={"cache_dir": "folder"})
 
     from data.synth.config import SynthConfig
 
@@ -124,7 +119,7 @@ def register(sub) -> None:
     add_config_flags(p, SynthConfig, title="what to synthesize")
     p.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_synth)
+    p.set_defaults(func=cmd_data_synth, outputs={"out": "folder"})
 
     p = dsub.add_parser("first-shot", help="carve a fixed first-shot training split out of a labelled test set",
                         description="Turn a labelled DCASE test set without training clips (e.g. DCASE 2023 valve) "
@@ -137,7 +132,7 @@ def register(sub) -> None:
                    help="source-domain normals per section taken for training (default 30)")
     p.add_argument("--train-target", type=nonnegative_int, default=5,
                    help="target-domain normals per section taken for training (default 5)")
-    p.set_defaults(func=cmd_data_first_shot)
+    p.set_defaults(func=cmd_data_first_shot, outputs={"out": "replaced folder"})
 
     p = dsub.add_parser("download", help="download the official DCASE 2025 Task 2 archives from Zenodo",
                         description="Fetch, verify (size + md5) and unpack the DCASE 2025 Task 2 archives, resuming "
@@ -145,4 +140,4 @@ def register(sub) -> None:
     from data.download import add_download_arguments  # stdlib-only module: cheap to import
 
     add_download_arguments(p)
-    p.set_defaults(func=cmd_data_download)
+    p.set_defaults(func=cmd_data_download, outputs={"out": "folder"})

@@ -19,6 +19,33 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def _eta(text: str) -> int:
+    v = _positive_int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {v}")
+    return v
+
+
 def add_ablate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "ablate", help="Table 1 ablation (unshuffle, backbone, pre-training, fine-tuning recipe)",
@@ -35,18 +62,21 @@ def add_ablate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dim", type=_positive_int, default=None, help="encoder width (default 192; quick: 32)")
     p.add_argument("--depth", type=_positive_int, default=None, help="encoder blocks (default 24; quick: 2)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="pre-training and fine-tuning batch (default 32)")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 1e-3)")
-    p.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="fine-tuning learning rate, > 0 (default 1e-3)")
+    p.add_argument("--seconds", type=_positive_float, default=10.0, help="clip length, > 0 (default 10)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda …")
     p.add_argument("--out", type=Path, default=Path("results/ablation"), help="default results/ablation")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=cmd_ablate, outputs={"out": "folder", "cache_dir": "folder"})
     return p
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..experiments.ablation import ablation_markdown, run_ablation
+    from .common import check_cache_root
+
+    check_cache_root(args.cache_dir)
 
     seeds = tuple(range(args.seeds))
     r1 = None if args.r1_seeds is None else tuple(range(min(args.r1_seeds, args.seeds)))
@@ -73,14 +103,16 @@ def add_compare_searchers_parser(subparsers) -> argparse.ArgumentParser:
                    help="total epochs per search, summed over its trials")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per searcher (default 3)")
     p.add_argument("--max-epochs", type=_positive_int, default=9, help="max epochs of one trial (default 9)")
-    p.add_argument("--eta", type=int, default=3, help="reduction factor η (default 3)")
+    p.add_argument("--eta", type=_eta, default=3, help="reduction factor η, >= 2 (default 3)")
     p.add_argument("--searchers", nargs="+", default=None, choices=SEARCHER_NAMES,
                    help="subset of the searchers (default all four)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="fine-tuning batch (default 32)")
     p.add_argument("--space", type=Path, default=None, help="search-space YAML (default machine_default.yaml)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--max-concurrent", type=int, default=0, help="concurrent trials (default: as CPUs allow)")
-    p.add_argument("--seconds", type=float, default=10.0, help="clip length for the automatic pre-training")
+    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial, > 0 (default 1)")
+    p.add_argument("--max-concurrent", type=_nonnegative_int, default=0,
+                   help="concurrent trials (default 0: as CPUs allow)")
+    p.add_argument("--seconds", type=_positive_float, default=10.0,
+                   help="clip length for the automatic pre-training, > 0 (default 10)")
     p.add_argument("--dim", type=_positive_int, default=64, help="encoder width of the automatic pre-training")
     p.add_argument("--depth", type=_positive_int, default=4, help="encoder depth of the automatic pre-training")
     p.add_argument("--pretrain-epochs", type=_positive_int, default=2, help="automatic pre-training epochs")
@@ -89,12 +121,15 @@ def add_compare_searchers_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("results/compare_searchers"), help="default results/compare_searchers")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_compare_searchers)
+    p.set_defaults(func=cmd_compare_searchers, outputs={"out": "folder", "cache_dir": "folder"})
     return p
 
 
 def cmd_compare_searchers(args: argparse.Namespace) -> int:
     from ..experiments.searchers import run_compare_searchers, searchers_markdown
+    from .common import check_cache_root
+
+    check_cache_root(args.cache_dir)
 
     res = run_compare_searchers(args.data, args.machine, args.pretrained, args.out, args.budget_epochs,
                                 seeds=tuple(range(args.seeds)), max_epochs=args.max_epochs, eta=args.eta,

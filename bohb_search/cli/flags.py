@@ -10,6 +10,7 @@ section, then the typed flags.
 from __future__ import annotations
 
 import argparse
+import re
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -152,11 +153,58 @@ def read_config_file(path: Path | None, sections: typing.Iterable[str]) -> dict[
     return out
 
 
-def build_config(cls, file_section: dict, typed: dict, what: str):
-    """``cls`` from the file's section with the typed flags on top; a bad value is one line naming it."""
+def flag_name(field: str, rename: dict[str, str] | None = None) -> str:
+    """The command-line flag of a config field: ``knn_k`` → ``--knn-k`` (``rename`` as in add_config_flags)."""
+    return "--" + (rename or {}).get(field, field).replace("_", "-")
+
+
+def _mention(message: str, word: str) -> re.Match | None:
+    """The first whole-word occurrence of ``word`` (a field name or a flag) in ``message``."""
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", message)
+
+
+def attributed(err: BaseException | str, what: str, typed: dict, file_section: dict | None = None,
+               config: Path | None = None, section: str | None = None,
+               rename: dict[str, str] | None = None, flags: typing.Iterable[str] | None = None) -> UsageError:
+    """A config class's complaint about a value, as one line naming where the user gave that value: the
+    flag they typed (``--val-fraction must be in [0, 1), got 1.5``) or the ``--config`` file and key
+    (``--config run.yaml: pretrain.val_fraction must be …``), never a flag they did not type. The setting
+    is the one the message names first among those the user gave; a message naming none keeps its words.
+    ``flags``: the names in ``typed`` that were typed as flags (default: all of them)."""
+    message = " ".join(str(err).split())
+    file_section = file_section or {}
+    section = section or what
+    typed = typed if flags is None else {k: v for k, v in typed.items() if k in set(flags)}
+    found = None  # (field, position, named by its flag)
+    for name in sorted({*file_section, *typed}):
+        for word in (name, flag_name(name, rename)):
+            m = _mention(message, word)
+            if m and (found is None or m.start() < found[1]):
+                found = (name, m.start(), word.startswith("--"))
+    if found is None:
+        return UsageError(message if message.startswith(what) else f"{what}: {message}")
+    name = found[0]
+    if name in typed and found[2]:
+        return UsageError(message)  # it names the flag the user typed already
+    if name in typed:
+        source = flag_name(name, rename)
+    else:
+        source = f"{'--config ' + str(config) + ': ' if config is not None else ''}{section}.{name}"
+    # the message's own opening naming of the setting ("finetune lr", "lr", "--lr") becomes its source
+    lead = re.match(rf"(?:{re.escape(what)} )?(?:{re.escape(name)}|{re.escape(flag_name(name, rename))})(?![\w-])",
+                    message)
+    if lead:
+        return UsageError(source + message[lead.end():])
+    return UsageError(f"{source}: {message}")
+
+
+def build_config(cls, file_section: dict, typed: dict, what: str, config: Path | None = None,
+                 section: str | None = None, flags: typing.Iterable[str] | None = None):
+    """``cls`` from the file's section with the typed flags on top; a bad value is one line naming the flag
+    it came from, or the ``--config`` file (``config``) and its ``section.key``. ``flags``: which of ``typed``
+    the user typed as flags, where ``typed`` also holds values the command set itself."""
     make = getattr(cls, "from_dict", None) or (lambda d: strict_from_dict(cls, d))
     try:
         return make({**file_section, **typed})
     except (TypeError, ValueError) as err:
-        message = " ".join(str(err).split())
-        raise UsageError(message if message.startswith(what) else f"{what}: {message}") from None
+        raise attributed(err, what, typed, file_section, config, section, flags=flags) from None

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from ..train.configs import FinetuneConfig
 from ..tune.settings import SearchSettings
-from .common import add_encoder_flags, add_feature_flags, encoder_config, feature_config
+from .common import (
+    add_encoder_flags,
+    add_feature_flags,
+    check_cache_root,
+    check_output_location,
+    encoder_config,
+    feature_config,
+    positive_int,
+)
 from .flags import UsageError, add_config_file_flag, add_config_flags, build_config, given, read_config_file
 
 # SearchSettings fields that are not plain flags: chosen by --machine/--all-machines/--generalized,
@@ -58,6 +66,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         groups = [[m] for m in (DEV_MACHINES if args.all_machines else args.machine)]
     common = given(args, SEARCH_FLAGS)
+    from ..tune.settings import DEFAULT_SEARCHES_DIR
+
+    # where the search writes, checked before Ray, MLflow or any pre-training starts (a typed --storage-path
+    # and --cache-dir were checked with every command's output flags)
+    if "storage_path" not in common:
+        check_output_location(DEFAULT_SEARCHES_DIR, "--storage-path (default)")
+    if "cache_dir" not in common:
+        check_cache_root(None)
+    if args.pretrained is None and not args.resume:
+        check_output_location(args.pretrain_dir, "--pretrain-dir")
     explicit = set(common) | {"data", "machines"} | ({"pretrained"} if args.pretrained else set()) \
         | ({"space"} if args.space else set()) | ({"finetune"} if given(args, TRIAL_FLAGS) else set())
     if "gpus_per_trial" not in common:
@@ -67,17 +85,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     if common.get("cache_dir") is not None:
         common["cache_dir"] = str(common["cache_dir"])
     finetune = build_config(FinetuneConfig, {}, given(args, TRIAL_FLAGS), "search")
+
+    def settings_of(machines, pretrained: str) -> SearchSettings:
+        label = "generalized" if machines is None else machines[0]
+        name = args.name if (args.name and len(groups) == 1) else (f"{args.name}-{label}" if args.name else label)
+        return build_config(SearchSettings, {}, {
+            **common, "name": name, "data": [str(d) for d in args.data], "machines": machines,
+            "pretrained": pretrained, "space": str(args.space or default_space(machines is None)),
+            "finetune": {k: getattr(finetune, k) for k in TRIAL_FLAGS}}, "search", flags=given(args, SEARCH_FLAGS))
+
+    for machines in groups:  # every search's settings are checked before the encoder is pre-trained
+        settings_of(machines, "")
     if args.resume and args.pretrained is None:
         pretrained = ""  # the saved search's encoder
     else:
         pretrained = ensure_pretrained(args, finetune, common.get("device", "auto"), common.get("cache_dir"))
     for machines in groups:
-        label = "generalized" if machines is None else machines[0]
-        name = args.name if (args.name and len(groups) == 1) else (f"{args.name}-{label}" if args.name else label)
-        settings = build_config(SearchSettings, {}, {
-            **common, "name": name, "data": [str(d) for d in args.data], "machines": machines,
-            "pretrained": str(pretrained), "space": str(args.space or default_space(machines is None)),
-            "finetune": {k: getattr(finetune, k) for k in TRIAL_FLAGS}}, "search")
+        settings = settings_of(machines, str(pretrained))
+        name = settings.name
         if not args.resume:
             print(f"search {name}: {'all machines (generalized)' if machines is None else machines[0]}, "
                   f"{settings.num_samples} trials, max {settings.max_epochs} epochs, η={settings.eta}")
@@ -96,14 +121,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_final_train(args: argparse.Namespace) -> int:
     from ..evaluate.tables import table2, table3, to_markdown
-    from ..final import FinalTrainConfig, find_best_configs, print_final_estimate, run_final_train
+    from ..final import FinalTrainConfig, check_best_configs, find_best_configs, print_final_estimate, run_final_train
     from .common import run_options
 
     file = read_config_file(args.config, ("final", "finetune", "run"))
+    if file["finetune"]:  # named by the file and its finetune.<key>, not by a flag nobody typed
+        build_config(FinetuneConfig, file["finetune"], {}, "finetune", args.config)
     cfg = build_config(FinalTrainConfig, {**file["final"], **({"finetune": file["finetune"]} if file["finetune"] else {})},
-                       given(args, FinalTrainConfig.__dataclass_fields__), "final-train")
+                       given(args, FinalTrainConfig.__dataclass_fields__), "final-train", args.config, "final")
     paths = find_best_configs(args.best, args.searches_dir)
-    opts = run_options(args, file["run"])
+    opts = run_options(args, file["run"], args.config)
+    check_best_configs(paths, cfg)  # every file, before the first model trains
     if not args.no_estimate:
         print_final_estimate(paths, cfg, opts)
     reports = run_final_train(paths, args.out, cfg, opts)
@@ -114,14 +142,21 @@ def cmd_final_train(args: argparse.Namespace) -> int:
         print()
     for system, r in reports.items():
         print(f"{system}: official score {r.official_score:.4f} · TOTAL (hmean) {r.total_hmean:.4f}")
-    print(f"wrote tables, submission files and final checkpoints under {args.out}")
+    if reports:
+        print(f"wrote tables, submission files and final checkpoints under {args.out}")
+    else:
+        print(f"wrote final checkpoints, scores and submission files under {args.out}; no tables or metrics: no "
+              f"labelled test clips with both normal and anomalous labels to report on (see each model's "
+              f"evaluate folder under {args.out / 'evaluate'})")
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from ..quickstart import QuickstartConfig, run_quickstart
 
-    run_quickstart(build_config(QuickstartConfig, {}, given(args, QuickstartConfig.__dataclass_fields__), "quickstart"))
+    q = build_config(QuickstartConfig, {}, given(args, QuickstartConfig.__dataclass_fields__), "quickstart")
+    check_output_location(Path(q.out), "--out")
+    run_quickstart(q)
     return 0
 
 
@@ -149,10 +184,10 @@ def register(sub) -> None:
     add_config_flags(p, FinetuneConfig, only=TRIAL_FLAGS, title="every trial")
     g = p.add_argument_group("automatic pre-training (without --pretrained)")
     g.add_argument("--pretrain-dir", type=Path, default=Path("results/pretrain"), help="where it writes (default results/pretrain)")
-    g.add_argument("--pretrain-epochs", type=int, default=5, help="epochs (default 5)")
+    g.add_argument("--pretrain-epochs", type=positive_int, default=5, help="epochs, >= 1 (default 5)")
     add_encoder_flags(p)
     add_feature_flags(p)
-    p.set_defaults(func=cmd_search)
+    p.set_defaults(func=cmd_search, outputs={"storage_path": "folder", "cache_dir": "folder"})
 
     from ..final import FinalTrainConfig
 
@@ -170,7 +205,7 @@ def register(sub) -> None:
     add_run_flags(p, only=("cache_dir", "device", "quiet"))
     p.add_argument("--no-estimate", action="store_true",
                    help="skip the ETA printed first (it times a few batches of every model to train)")
-    p.set_defaults(func=cmd_final_train)
+    p.set_defaults(func=cmd_final_train, outputs={"out": "folder", "cache_dir": "folder"})
 
     from ..quickstart import QuickstartConfig
 

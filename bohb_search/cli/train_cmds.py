@@ -6,12 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..scoring.config import ScoreConfig, StatsBaselineConfig
+from ..scoring.config import DecisionConfig, ScoreConfig, StatsBaselineConfig
 from ..train.configs import AEBaselineConfig, FinetuneConfig, PretrainConfig
 from .common import (
     add_encoder_flags,
-    check_output_file,
-    check_output_folder,
     add_feature_flags,
     add_run_flags,
     encoder_config,
@@ -30,9 +28,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from ..train.runs import run_pretrain
 
     file = read_config_file(args.config, PRETRAIN_SECTIONS)
-    cfg = build_config(PretrainConfig, file["pretrain"], given(args, PretrainConfig.__dataclass_fields__), "pretrain")
-    path = run_pretrain(cfg, args.data, args.out, encoder_config(args, file["encoder"]),
-                        feature_config(args, file["features"]), run_options(args, file["run"]))
+    cfg = build_config(PretrainConfig, file["pretrain"], given(args, PretrainConfig.__dataclass_fields__), "pretrain",
+                       args.config)
+    path = run_pretrain(cfg, args.data, args.out, encoder_config(args, file["encoder"], args.config),
+                        feature_config(args, file["features"], args.config), run_options(args, file["run"], args.config))
     print(f"pre-trained encoder: {path}")
     return 0
 
@@ -41,19 +40,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ..train.runs import run_finetune
 
     file = read_config_file(args.config, FINETUNE_SECTIONS)
-    cfg = build_config(FinetuneConfig, file["finetune"], given(args, FinetuneConfig.__dataclass_fields__), "finetune")
+    cfg = build_config(FinetuneConfig, file["finetune"], given(args, FinetuneConfig.__dataclass_fields__), "finetune",
+                       args.config)
+    decision = build_config(DecisionConfig, {}, given(args, DecisionConfig.__dataclass_fields__), "decision")
     if args.generalized and args.machine:
         raise UsageError("give either --machine or --generalized, not both")
     if not args.generalized and not args.machine:
         raise UsageError("--machine NAME (machine-specific model) or --generalized (all machines pooled) is required")
     if args.pretrained is None and not args.from_scratch:
         raise UsageError("--pretrained CKPT is required (or --from-scratch for the no-pre-training ablation)")
-    check_output_folder(args.out)
     path = run_finetune(cfg, args.data, args.out, None if args.generalized else args.machine,
                         pretrained=None if args.from_scratch else args.pretrained,
-                        encoder_cfg=encoder_config(args, file["encoder"]),
-                        feature_cfg=feature_config(args, file["features"]),
-                        threshold_percentile=args.threshold_percentile, opts=run_options(args, file["run"]))
+                        encoder_cfg=encoder_config(args, file["encoder"], args.config),
+                        feature_cfg=feature_config(args, file["features"], args.config),
+                        threshold_percentile=decision.threshold_percentile,
+                        opts=run_options(args, file["run"], args.config))
     print(f"model: {path}")
     return 0
 
@@ -64,24 +65,25 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     file = read_config_file(args.config, BASELINE_SECTIONS)
     if args.generalized == bool(args.machine):
         raise UsageError("--machine NAME [NAME ...] or --generalized (one model for all machines) is required")
-    check_output_folder(args.out)
+    decision = build_config(DecisionConfig, {}, given(args, DecisionConfig.__dataclass_fields__), "decision")
     own, other = ((StatsBaselineConfig, AEBaselineConfig) if args.kind == "stats" else
                   (AEBaselineConfig, StatsBaselineConfig))
     stray = sorted(set(given(args, other.__dataclass_fields__)) - set(own.__dataclass_fields__))
     if stray:
         raise UsageError(f"--{stray[0].replace('_', '-')} is a setting of the other baseline, not of --kind {args.kind}")
-    cfg = build_config(own, file["baseline"], given(args, own.__dataclass_fields__), "baseline")
+    cfg = build_config(own, file["baseline"], given(args, own.__dataclass_fields__), "baseline", args.config)
     if args.kind == "stats":
         path = run_stats_baseline(cfg, args.data, args.out, None if args.generalized else args.machine,
-                                  feature_cfg=feature_config(args, file["features"]),
-                                  threshold_percentile=args.threshold_percentile, opts=run_options(args, file["run"]))
+                                  feature_cfg=feature_config(args, file["features"], args.config),
+                                  threshold_percentile=decision.threshold_percentile,
+                                  opts=run_options(args, file["run"], args.config))
         print(f"model: {path}")
         return 0
-    seconds = given(args, ("seconds",)).get("seconds", (file["features"].get("audio") or {}).get("seconds", 10.0))
-    if not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise UsageError(f"--seconds must be > 0, got {seconds}")
+    # the AE has its own log-mel (data.config.dcase_ae_features): only the clip length is read
+    seconds = feature_config(args, file["features"], args.config).audio.seconds
     path = run_ae_baseline(cfg, args.data, args.out, None if args.generalized else args.machine, seconds=seconds,
-                           threshold_percentile=args.threshold_percentile, opts=run_options(args, file["run"]))
+                           threshold_percentile=decision.threshold_percentile,
+                           opts=run_options(args, file["run"], args.config))
     print(f"model: {path}")
     return 0
 
@@ -102,17 +104,18 @@ def score_override(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate.run import run_evaluate
+    from ..evaluate.run import evaluate_into
     from ..evaluate.tables import table2, table3, to_markdown
 
-    report = run_evaluate(args.model, args.data, args.out, args.system, run_options(args), score=score_override(args))
+    outcome = evaluate_into(args.model, args.data, args.out, args.system, run_options(args), score=score_override(args))
+    report = outcome.report
     if report is not None:
         name = args.system or " + ".join(Path(m).parent.name for m in args.model)
         print(to_markdown(table2({name: report})))
         print()
         print(to_markdown(table3({name: report})))
         print(f"\nofficial score {report.official_score:.4f} · TOTAL (hmean) {report.total_hmean:.4f}")
-    print(f"wrote scores, tables and submission files under {args.out}")
+    print(outcome.summary(args.out))
     return 0
 
 
@@ -121,7 +124,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from data.config import AUDIO_SUFFIXES
 
-    check_output_file(args.out, "--out")
     paths: list[Path] = []
     for item in args.inputs:
         if item.is_dir():
@@ -165,7 +167,7 @@ def register(sub) -> None:
     add_encoder_flags(p, "encoder")
     add_feature_flags(p)
     add_run_flags(p)
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=cmd_pretrain, outputs={"out": "folder", "cache_dir": "folder"})
 
     p = sub.add_parser("finetune", help="stage 2: pOE + GRL fine-tuning for one machine or the generalized model",
                        description="Fine-tune a pre-trained encoder with the anomaly head, pseudo-outlier exposure and "
@@ -177,14 +179,13 @@ def register(sub) -> None:
     p.add_argument("--pretrained", type=Path, default=None, help="encoder.pt written by `pretrain`")
     p.add_argument("--from-scratch", action="store_true", help="no pre-training (Table 1 ablation)")
     p.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/finetune/NAME (an unfinished run there is resumed; other settings than its epochs are refused)")
-    p.add_argument("--threshold-percentile", type=float, default=0.9,
-                   help="decision threshold: gamma-fit percentile of training scores (default 0.9, as the DCASE baseline)")
+    add_config_flags(p, DecisionConfig, title="decision")
     add_config_file_flag(p)
     add_config_flags(p, FinetuneConfig, title="fine-tuning (paper 2.5, 3.2)")
     add_encoder_flags(p)
     add_feature_flags(p)
     add_run_flags(p)
-    p.set_defaults(func=cmd_finetune)
+    p.set_defaults(func=cmd_finetune, outputs={"out": "folder", "cache_dir": "folder"})
 
     p = sub.add_parser("baseline", help="the yardsticks: the DCASE AE baseline (official recipe) or the statistics k-NN",
                        description="--kind ae (default): train the DCASE Task 2 AE baseline as the official code does "
@@ -201,13 +202,12 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (an unfinished run there is resumed; other settings than its epochs are refused)")
     p.add_argument("--seconds", type=float, default=argparse.SUPPRESS,
                    help="clip length after pad/crop (default 10; DCASE ToyCar/ToyTrain clips are 12 s)")
-    p.add_argument("--threshold-percentile", type=float, default=0.9,
-                   help="decision threshold: gamma-fit percentile of training scores (default 0.9)")
+    add_config_flags(p, DecisionConfig, title="decision")
     add_config_file_flag(p)
     add_config_flags(p, AEBaselineConfig, title="the AE baseline's recipe (--kind ae)")
     add_config_flags(p, StatsBaselineConfig, title="the statistics yardstick (--kind stats)")
     add_run_flags(p)
-    p.set_defaults(func=cmd_baseline)
+    p.set_defaults(func=cmd_baseline, outputs={"out": "folder", "cache_dir": "folder"})
 
     p = sub.add_parser("evaluate", help="score the test split: official metrics, tables, submission files",
                        description="Score every test clip of the model's machines; write DCASE submission files and, "
@@ -220,7 +220,7 @@ def register(sub) -> None:
     p.add_argument("--system", default=None, help="system name in the tables (default: the model's folder name)")
     add_score_flags(p)
     add_run_flags(p, only=("cache_dir", "on_bad_file", "quiet"))
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, outputs={"out": "replaced folder", "cache_dir": "folder"})
 
     p = sub.add_parser("score", help="score new recordings of any length (prints score and decision per file)",
                        description="Score WAV/FLAC files of any length: windows of the training clip length are "
@@ -234,7 +234,7 @@ def register(sub) -> None:
     p.add_argument("--on-bad-file", choices=["fail", "skip"], default="fail",
                    help="unreadable/empty/NaN/too-short files: stop (default) or leave out and list")
     add_score_flags(p)
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=cmd_score, outputs={"out": "file"})
 
 
 def add_score_flags(p) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -42,11 +43,14 @@ def report_skipped(skipped: list[tuple[str, str]], quiet: bool = False) -> None:
 
 
 def load_model(paths, score=None):
-    """One checkpoint → :class:`AnomalyModel`; several → their :class:`EnsembleModel`."""
+    """One checkpoint → :class:`AnomalyModel`; several → their :class:`EnsembleModel`. What a loaded score
+    does other than its settings say (a knn_k above a bank's size) is said once, on stderr."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    if len(paths) == 1:
-        return AnomalyModel.load(paths[0], score=score)
-    return EnsembleModel.load(paths, score=score)
+    model = AnomalyModel.load(paths[0], score=score) if len(paths) == 1 else EnsembleModel.load(paths, score=score)
+    for path, m in zip(paths, model.models if isinstance(model, EnsembleModel) else [model]):
+        for note in m.notes:
+            print(f"note: {path}: {note}", file=sys.stderr)
+    return model
 
 
 def score_test_split(model, data_roots: Sequence[str | Path], opts: RunOptions = RunOptions()) -> pd.DataFrame:
@@ -102,11 +106,37 @@ def reported_clips(model, scores: pd.DataFrame) -> tuple[pd.DataFrame, str, bool
                       f"for model selection ({selection})."), False
 
 
+@dataclass
+class EvaluationOutcome:
+    """What an evaluation wrote: the report (None without metrics), the files in words, and why there are
+    no metrics and tables when there are none."""
+
+    report: EvaluationReport | None
+    written: list[str]
+    no_metrics: str | None = None
+
+    def summary(self, out: str | Path) -> str:
+        """One line for the user: exactly what was written under ``out``, and why metrics are absent."""
+        text = f"wrote {_words(self.written)} under {out}"
+        return text if self.no_metrics is None else f"{text}; no metrics or tables: {self.no_metrics}"
+
+
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def run_evaluate(model_path, data_roots: Sequence[str | Path], out_dir: str | Path,
                  system: str | None = None, opts: RunOptions = RunOptions(), score=None) -> EvaluationReport | None:
     """Score the test split and write submission files for every clip; where labels exist, the official
-    metrics, diagnostics, tables and figures on the clips no model selection saw. ``score`` re-scores
-    the model with another setting (a ScoreConfig, a dict of its fields, or "mse"/"mahalanobis" for the AE).
+    metrics, diagnostics, tables and figures on the clips no model selection saw (None where there are
+    none: :func:`evaluate_into` says why). ``score`` re-scores the model with another setting (a
+    ScoreConfig, a dict of its fields, or "mse"/"mahalanobis" for the AE)."""
+    return evaluate_into(model_path, data_roots, out_dir, system, opts, score).report
+
+
+def evaluate_into(model_path, data_roots: Sequence[str | Path], out_dir: str | Path,
+                  system: str | None = None, opts: RunOptions = RunOptions(), score=None) -> EvaluationOutcome:
+    """:func:`run_evaluate`, returning what it wrote and why metrics are absent where they are.
 
     Everything is written into a temporary folder beside ``out_dir`` and moved into place at the end, so
     a failed evaluation leaves ``out_dir`` as it was and a finished one never mixes with older results.
@@ -123,7 +153,7 @@ def run_evaluate(model_path, data_roots: Sequence[str | Path], out_dir: str | Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        report = _write_evaluation(model, model_path, df, work, system, opts)
+        outcome = _write_evaluation(model, model_path, df, work, system, opts)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{work.name.rsplit('-', 1)[-1]}")
             out.rename(old)
@@ -134,22 +164,44 @@ def run_evaluate(model_path, data_roots: Sequence[str | Path], out_dir: str | Pa
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return report
+    return outcome
+
+
+def why_no_metrics(scores: pd.DataFrame, reported: pd.DataFrame) -> str | None:
+    """Why the official metrics cannot be computed on ``reported`` (the clips the tables would report on),
+    or None when they can."""
+    labelled = scores[scores["part"] != "unlabelled"]
+    if labelled.empty:
+        return (f"none of the {len(scores)} test clips has a known label and domain (evaluation-format names "
+                f"such as section_00_test_0000.wav, and no ground_truth_*.csv beside them)")
+    if reported.empty:
+        return "no labelled test clip lies in the part the tables report on"
+    labels = sorted(reported["label"].unique())
+    if len(labels) < 2:
+        return (f"the {len(reported)} labelled test clips reported on are all {labels[0]}: AUC and pAUC need both "
+                f"normal and anomalous clips")
+    return None
 
 
 def _write_evaluation(model, model_path, df: pd.DataFrame, out: Path, system: str | None,
-                      opts: RunOptions) -> EvaluationReport | None:
+                      opts: RunOptions) -> EvaluationOutcome:
     atomic_write_csv(df, out / "scores.csv")
+    written = [f"scores.csv ({len(df)} clips)"]
     skipped = [{"path": p, "reason": r} for p, r in df.attrs.get("skipped", [])]
     if skipped:
         atomic_write_csv(pd.DataFrame(skipped), out / "skipped.csv")
-    for (machine, section), g in df.groupby(["machine", "section"]):
+    groups = df.groupby(["machine", "section"])
+    for (machine, section), g in groups:
         write_submission(out / "submission", machine, section, g["file"].tolist(), g["score"].to_numpy(),
                          model.thresholds[machine])
+    written.append(f"submission files for {groups.ngroups} machine section(s) (submission/)")
+    if skipped:
+        written.append(f"skipped.csv ({len(skipped)} bad files)")
     reported, note, same_clips = reported_clips(model, df)
-    if reported.empty or reported["label"].nunique() < 2:
-        log("test labels unknown: wrote submission files only", opts.quiet)
-        return None
+    reason = why_no_metrics(df, reported)
+    if reason is not None:
+        log(f"no metrics: {reason}", opts.quiet)
+        return EvaluationOutcome(None, written, reason)
     default_name = " + ".join(Path(p).parent.name for p in ([model_path] if isinstance(model_path, (str, Path))
                                                              else model_path))
     name = (system or default_name) + (SAME_CLIPS_MARK if same_clips else "")
@@ -162,7 +214,8 @@ def _write_evaluation(model, model_path, df: pd.DataFrame, out: Path, system: st
 
     plot_roc_curves(reported, out / "plots")
     plot_score_histograms(reported, out / "plots")
-    return report
+    return EvaluationOutcome(report, ["scores.csv, submission files, tables (CSV and Markdown), metrics.json and "
+                                      "plots"] + written[2:])
 
 
 def write_score_csv(results, path: Path) -> None:

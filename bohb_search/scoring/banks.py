@@ -142,6 +142,7 @@ class EmbeddingScorer:
         self.seed = seed
         self.groups: dict[str, _Group] = {}
         self._train: Tensor | None = None
+        self.small_banks: list[tuple[str, str, int]] = []  # (group, domain, points) of banks smaller than knn_k
         # statistics (the tokenizer's patch statistics, the yardstick's band statistics) are compared by
         # Euclidean distance after per-group standardisation; the head's embeddings by cosine
         self.euclidean = cfg.embedding == "patch_stats" if euclidean is None else euclidean
@@ -168,6 +169,8 @@ class EmbeddingScorer:
                 z[ids] = group.standardised(z[ids])
             if self.cfg.score == "knn":
                 group.banks = self._fit_banks(z, ids, doms[ids.numpy()], gen)
+                self.small_banks += [(g, d, len(b.points)) for d, b in group.banks.items()
+                                     if len(b.points) < self.cfg.knn_k]
             self.groups[g] = group
         self._train = z
         return self
@@ -218,6 +221,17 @@ class EmbeddingScorer:
         for bank in banks.values():
             bank.density = rho[start : start + len(bank.points)]
             start += len(bank.points)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the fitted score does other than its settings say: a knn_k larger than a bank averages all of
+        the bank's points (one line for all such banks)."""
+        if not self.small_banks:
+            return []
+        banks = ", ".join(f"{g} {d}: {n}" for g, d, n in self.small_banks[:6])
+        more = f" and {len(self.small_banks) - 6} more" if len(self.small_banks) > 6 else ""
+        return [f"knn_k {self.cfg.knn_k} is more than {len(self.small_banks)} memory bank(s) hold ({banks}{more} "
+                f"points): those banks average all their points instead"]
 
     # ---- scoring -----------------------------------------------------------------------------
     def _bank_scores(self, bank: Bank, z: Tensor, exclude: Tensor | None = None) -> Tensor:

@@ -78,6 +78,22 @@ class ScoreConfig:
         return "-".join(parts)
 
 
+@dataclass(frozen=True)
+class DecisionConfig:
+    """How a model decides normal / anomalous: the DCASE baseline's gamma fit of the training clips' scores."""
+
+    threshold_percentile: float = 0.9  # decision threshold: percentile in (0, 1) of a gamma distribution fitted to the training clips' scores (0.9, as the DCASE baseline)
+
+    def __post_init__(self):
+        v = self.threshold_percentile
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"threshold_percentile must be in (0, 1) (0.9 = the DCASE baseline's 90th percentile), "
+                             f"got {v!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 STATS_POOLINGS = ("auto", "meanstd", "max", "meanstd_max", "twfr")  # see models.statistics
 
 

@@ -56,6 +56,39 @@ class ScoredFile:
     decision: int | None  # 1 = anomalous (score above the machine's threshold), None = no threshold
 
 
+def _scoring_tensors(bundle: dict):
+    """(name, tensor) of everything a model's score is computed from: the network weights, the centre, the
+    training clips' embeddings and patch statistics, the k-NN banks of earlier versions, the AE's weights and
+    statistics, the statistics yardstick's training embeddings."""
+    def walk(value, name):
+        if isinstance(value, torch.Tensor):
+            yield name, value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(v, f"{name}[{k!r}]" if name else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from walk(v, f"{name}[{i}]")
+
+    for key in ("encoder", "head", "center", "train_embeddings", "train_patch_stats", "knn_bank", "ae", "ae_stats"):
+        if bundle.get(key) is not None:
+            yield from walk(bundle[key], key)
+    for machine, st in (bundle.get("stats") or {}).items():
+        if isinstance(st, dict) and st.get("train_embeddings") is not None:
+            yield from walk(st["train_embeddings"], f"stats[{machine!r}]['train_embeddings']")
+
+
+def check_finite(bundle: dict) -> None:
+    """Refuse a model whose score would be computed from NaN or ±Inf (a diverged training run, a damaged
+    file): its every score would be NaN, silently. The message names the first such tensor."""
+    for name, t in _scoring_tensors(bundle):
+        if t.is_floating_point() or t.is_complex():
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                raise ValueError(f"the tensor {name} holds {int(bad.sum())} NaN/Inf value(s) of {t.numel()}: "
+                                 f"every score would be NaN; retrain the model")
+
+
 def _legacy_training_embeddings(bundle: dict) -> tuple[torch.Tensor, list[int], list[str]]:
     """Checkpoints before the score banks kept one k-NN bank per domain (all machines pooled)."""
     bank = bundle.get("knn_bank") or {}
@@ -78,6 +111,7 @@ class AnomalyModel:
     def __init__(self, bundle: dict, device: str | torch.device = "cpu", score=None):
         if bundle.get("kind") != MODEL_KIND:
             raise ValueError(f"not an anomaly-model checkpoint (kind={bundle.get('kind')!r})")
+        check_finite(bundle)
         self.bundle = bundle
         self.device = torch.device(device)
         self.model_kind: str = bundle["model_kind"]
@@ -148,6 +182,12 @@ class AnomalyModel:
             z = bundle["train_patch_stats"].float()
         self.scorer = EmbeddingScorer(self.score_cfg, bundle["center"].float(),
                                       seed=int(bundle.get("score_seed", 0))).fit(z, domains, groups)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the loaded score does other than its settings say (e.g. a knn_k above a bank's size)."""
+        scorers = list(self.scorers.values()) if self.model_kind == "stats" else [getattr(self, "scorer", None)]
+        return list(dict.fromkeys(n for sc in scorers if sc is not None for n in sc.notes))
 
     def training_scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(scores, machines) of the training clips, leave-one-out for the k-NN banks: what thresholds and

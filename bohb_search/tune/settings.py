@@ -65,6 +65,8 @@ class SearchSettings:
             raise SearchError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if (self.searcher == "bohb") != (self.scheduler == "hyperband_bohb"):
             raise SearchError("TuneBOHB needs the HyperBandForBOHB scheduler and vice versa")
+        if self.max_concurrent < 0:
+            raise SearchError(f"--max-concurrent must be >= 0 (0 = as many as resources allow), got {self.max_concurrent}")
         if self.epoch_budget < 0:
             raise SearchError(f"epoch_budget must be >= 0, got {self.epoch_budget}")
         try:

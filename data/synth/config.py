@@ -53,6 +53,8 @@ class SynthConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
             if v > 9999:
                 raise ValueError(f"{name} must be at most 9999 (four-digit DCASE file index), got {v}")
+        if self.train_source + self.train_target + self.test_per_cell == 0:
+            raise ValueError("--train-source, --train-target and --test-per-cell are all 0: nothing to synthesize")
         for name in ("seconds", "toy_seconds"):
             v = getattr(self, name)
             if v is None and name == "toy_seconds":
