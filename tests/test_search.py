@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -456,6 +457,7 @@ def _http_ok(url: str) -> bool:
 def test_final_train_on_two_searches(env, fan_search, tmp_path):
     res = run_cli(*search_args(env, "valve-small", "valve", 3, 3))
     assert res.returncode == 0, res.stderr[-3000:]
+    assert re.search(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs", res.stdout), res.stdout[-2000:]
     out = tmp_path / "final"
     res = run_cli("final-train", "--best", str(fan_search / "best_config.json"),
                   str(env["root"] / "searches" / "valve-small" / "best_config.json"), "--out", str(out),
@@ -463,6 +465,7 @@ def test_final_train_on_two_searches(env, fan_search, tmp_path):
                   "--tracking-uri", env["db"], "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Proposed (machine-specific)" in res.stdout
+    assert re.search(r"#/experiments/\d+/runs", res.stdout.split("the final models")[-1])  # the runs table link
     # the plan and ETA came first (4 fine-tunings of at most 4 epochs, 2 AEs of 2 epochs)
     assert res.stdout.index("estimated time") < res.stdout.index("Proposed (machine-specific)")
     for name in ("table2.csv", "table2.md", "table3.csv", "table3.md"):

@@ -100,6 +100,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         pretrained = ""  # the saved search's encoder
     else:
         pretrained = ensure_pretrained(args, finetune, common.get("device", "auto"), common.get("cache_dir"))
+    names: list[str] = []
     for machines in groups:
         settings = settings_of(machines, str(pretrained))
         name = settings.name
@@ -111,12 +112,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"search {name}: {best['metric']['name']} {best['metric']['value']:.4f} "
               f"(trial {best['trial_id']}, {best['budget_epochs']} epochs); "
               f"wrote {Path(best['out_dir']) / 'best_config.json'}")
+        names.append(name)
     uri = best.get("tracking_uri", "")
-    if uri.startswith("sqlite:"):
-        from ..tune.tracking import mlflow_ui_command
-
-        print(f"compare the trials (MLflow experiment bohb-search/<name>): {mlflow_ui_command(uri)}")
+    print_mlflow_links(uri, [f"bohb-search/{n}" for n in names], "compare the trials")
     return 0
+
+
+def print_mlflow_links(uri: str, experiments: list[str], what: str) -> None:
+    """The ``mlflow ui`` command of a local store and, per experiment, the link to its runs table."""
+    from ..tune.tracking import experiment_runs_link, mlflow_ui_command
+
+    if not uri:
+        return
+    links = [link for e in experiments if (link := experiment_runs_link(uri, e))]
+    if uri.startswith("sqlite:"):
+        print(f"{what} in MLflow: {mlflow_ui_command(uri)}" + (", then open:" if links else ""))
+    for link in links:
+        print(f"  {link}")
 
 
 def cmd_final_train(args: argparse.Namespace) -> int:
@@ -148,6 +160,9 @@ def cmd_final_train(args: argparse.Namespace) -> int:
         print(f"wrote final checkpoints, scores and submission files under {args.out}; no tables or metrics: no "
               f"labelled test clips with both normal and anomalous labels to report on (see each model's "
               f"evaluate folder under {args.out / 'evaluate'})")
+    from ..tune.tracking import resolve_tracking_uri
+
+    print_mlflow_links(resolve_tracking_uri(cfg.tracking_uri), ["bohb-search/final"], "the final models")
     return 0
 
 
