@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also train the paper system's generalized model on a second pre-training seed and score "
                         "the ensemble of the two pOE models (the bar for a two-model ensemble)")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--section", default=None,
+                   help="the BENCHMARKS.md section to write (default: detection, or detection-<benchmark>)")
     args = p.parse_args(argv)
     if args.benchmark == "valve":
         from data.firstshot import write_first_shot_tree
@@ -452,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{(time.perf_counter() - t_start) / 60:.0f} min (runs finished earlier are reused; per seed: "
           f"{', '.join(f'{k} {v}' for k, v in minutes.items())}).\n\n{table}\n\n{goal_line(runs)}\n\n{margin_goal_line(runs)}")
     if not args.no_write:
-        update_section("detection" if args.benchmark == "synthetic" else f"detection-{args.benchmark}", md)
+        update_section(args.section or ("detection" if args.benchmark == "synthetic" else f"detection-{args.benchmark}"),
+                       md)
 
 
 if __name__ == "__main__":
