@@ -5,18 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import nonnegative_int, positive_int
+
 # the names of experiments.searchers.SEARCHER_VARIANTS, kept here so --help does not import the experiments
 SEARCHER_NAMES = ["BOHB", "Random + HyperBand", "Random + ASHA", "Random (no early stopping)"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _positive_float(text: str) -> float:
@@ -29,18 +21,8 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
-
-
 def _eta(text: str) -> int:
-    v = _positive_int(text)
+    v = positive_int(text)
     if v < 2:
         raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {v}")
     return v
@@ -53,15 +35,15 @@ def add_ablate_parser(subparsers) -> argparse.ArgumentParser:
                     "budget; writes ablation.csv, ablation.md and ablation.png.")
     p.add_argument("--data", type=Path, action="append", required=True, help="data root (repeat for several)")
     p.add_argument("--machines", nargs="+", default=["fan"], help="machine types fine-tuned and evaluated (default fan)")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds 0..N-1 (default 3)")
-    p.add_argument("--r1-seeds", type=_positive_int, default=None,
+    p.add_argument("--seeds", type=positive_int, default=3, help="number of seeds 0..N-1 (default 3)")
+    p.add_argument("--r1-seeds", type=positive_int, default=None,
                    help="run the slow r = 1 pre-training for the first N seeds only (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny model and budgets (tests/CI)")
-    p.add_argument("--pretrain-epochs", type=_positive_int, default=None, help="default 5 (quick: 1)")
-    p.add_argument("--finetune-epochs", type=_positive_int, default=None, help="default 20 (quick: 2)")
-    p.add_argument("--dim", type=_positive_int, default=None, help="encoder width (default 192; quick: 32)")
-    p.add_argument("--depth", type=_positive_int, default=None, help="encoder blocks (default 24; quick: 2)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="pre-training and fine-tuning batch (default 32)")
+    p.add_argument("--pretrain-epochs", type=positive_int, default=None, help="default 5 (quick: 1)")
+    p.add_argument("--finetune-epochs", type=positive_int, default=None, help="default 20 (quick: 2)")
+    p.add_argument("--dim", type=positive_int, default=None, help="encoder width (default 192; quick: 32)")
+    p.add_argument("--depth", type=positive_int, default=None, help="encoder blocks (default 24; quick: 2)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="pre-training and fine-tuning batch (default 32)")
     p.add_argument("--lr", type=_positive_float, default=None, help="fine-tuning learning rate, > 0 (default 1e-3)")
     p.add_argument("--seconds", type=_positive_float, default=10.0, help="clip length, > 0 (default 10)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root")
@@ -99,23 +81,23 @@ def add_compare_searchers_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--machine", required=True, help="machine type searched")
     p.add_argument("--pretrained", type=Path, default=None,
                    help="encoder.pt (default: pre-train a small encoder once under --out)")
-    p.add_argument("--budget-epochs", type=_positive_int, required=True,
+    p.add_argument("--budget-epochs", type=positive_int, required=True,
                    help="total epochs per search, summed over its trials")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per searcher (default 3)")
-    p.add_argument("--max-epochs", type=_positive_int, default=9, help="max epochs of one trial (default 9)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per searcher (default 3)")
+    p.add_argument("--max-epochs", type=positive_int, default=9, help="max epochs of one trial (default 9)")
     p.add_argument("--eta", type=_eta, default=3, help="reduction factor η, >= 2 (default 3)")
     p.add_argument("--searchers", nargs="+", default=None, choices=SEARCHER_NAMES,
                    help="subset of the searchers (default all four)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="fine-tuning batch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="fine-tuning batch (default 32)")
     p.add_argument("--space", type=Path, default=None, help="search-space YAML (default machine_default.yaml)")
     p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial, > 0 (default 1)")
-    p.add_argument("--max-concurrent", type=_nonnegative_int, default=0,
+    p.add_argument("--max-concurrent", type=nonnegative_int, default=0,
                    help="concurrent trials (default 0: as CPUs allow)")
     p.add_argument("--seconds", type=_positive_float, default=10.0,
                    help="clip length for the automatic pre-training, > 0 (default 10)")
-    p.add_argument("--dim", type=_positive_int, default=64, help="encoder width of the automatic pre-training")
-    p.add_argument("--depth", type=_positive_int, default=4, help="encoder depth of the automatic pre-training")
-    p.add_argument("--pretrain-epochs", type=_positive_int, default=2, help="automatic pre-training epochs")
+    p.add_argument("--dim", type=positive_int, default=64, help="encoder width of the automatic pre-training")
+    p.add_argument("--depth", type=positive_int, default=4, help="encoder depth of the automatic pre-training")
+    p.add_argument("--pretrain-epochs", type=positive_int, default=2, help="automatic pre-training epochs")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite under --out)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache root")
     p.add_argument("--device", default="auto")
