@@ -201,9 +201,10 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
             frames.append(pd.read_csv(ev / "scores.csv", dtype={"section": str}))
         rows.append({"system": STATS, "seed": seed, **evaluate_part(pd.concat(frames))})
     objectives = [(name, SYSTEMS[name][0]) for name in SYSTEMS if name in args.systems]
+    paper_pre = None  # the paper geometry's encoder, shared by every system without a geometry of its own
     if any(name not in GEOMETRIES for name, _ in objectives):
         t0 = time.perf_counter()
-        pre = pretrain(args, seed, root / "pretrain", opts)
+        paper_pre = pretrain(args, seed, root / "pretrain", opts)
         timings.setdefault("pretrain", []).append(time.perf_counter() - t0)
     for name, objective in objectives:
         # the same encoder and fine-tuning settings; only the stage-2 objective differs (or the geometry)
@@ -211,7 +212,7 @@ def run_seed(args, seed: int, machines: list[str], opts: RunOptions, timings: di
         tokenizer = name == "margin-tokenizer"
         select = TOKENIZER_SELECT_SCORE if tokenizer else args.select_score
         geometry = GEOMETRIES.get(name)
-        encoder = None
+        encoder, pre = None, paper_pre
         if geometry:
             encoder = encoder_preset("tiny", dim=args.dim, depth=args.depth, **geometry[0])
             select = geometry[2]
