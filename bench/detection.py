@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,30 +124,18 @@ def evaluate_part(scores: pd.DataFrame) -> dict:
 
 
 def logmel_statistics_scores(data: Path, machines: list[str], opts: RunOptions) -> pd.DataFrame:
-    """A probe of how much the data reveals without any learning: each clip is the mean and the standard
-    deviation over time of every log-mel band (the project's features, 256 values), standardised with the
-    machine's training clips, scored by the Euclidean distance to the nearest training clip of each domain
-    (min over the two domains). Deterministic; the same on every seed. Not a system of this project: it bounds what a learned
-    embedding should at least keep."""
-    from data.datasets import load_feature_table, split_test_clips
-
-    manifest = read_manifest(data)
-    manifest = manifest[manifest["machine"].isin(machines)].reset_index(drop=True)
-    table = load_feature_table(manifest, FeatureConfig(), cache_dir=opts.cache_dir, progress=False)
-    m, x = table.manifest, table.features.astype(np.float32)
-    stats = np.concatenate([x.mean(axis=2), x.std(axis=2)], axis=1)
-    parts = split_test_clips(m)
+    """A probe of how much the data reveals without any learning: the statistics yardstick with its pooling
+    fixed to the mean and standard deviation over time of every log-mel band (256 values; ``baseline --kind stats
+    --pooling meanstd``): standardised with the machine's training clips, scored by the Euclidean distance to the
+    nearest training clip of each domain (min over the two domains). Deterministic; the same on every seed. It
+    bounds what a learned embedding that averages time should at least keep."""
     frames = []
-    for machine in machines:
-        train = ((m["machine"] == machine) & (m["split"] == "train")).to_numpy()
-        test = ((m["machine"] == machine) & (m["split"] == "test")).to_numpy()
-        mu, sd = stats[train].mean(axis=0), stats[train].std(axis=0) + 1e-6
-        z = (stats - mu) / sd
-        # Euclidean, not the project's 1 − cos: the norm of a standardised statistic vector is how far the
-        # clip is from the machine's average, which a cosine distance would throw away
-        per_bank = [np.sqrt(((z[test][:, None] - z[train & (m["domain"] == d).to_numpy()][None]) ** 2).sum(-1)).min(1)
-                    for d in ("source", "target") if (train & (m["domain"] == d).to_numpy()).any()]
-        frames.append(m[test].assign(score=np.min(per_bank, axis=0), part=parts[test]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for machine in machines:
+            out = Path(tmp) / machine
+            model = run_stats_baseline(StatsBaselineConfig(pooling="meanstd"), [data], out, [machine], opts=opts)
+            run_evaluate(model, [data], out / "eval", opts=opts)
+            frames.append(pd.read_csv(out / "eval" / "scores.csv", dtype={"section": str}))
     return pd.concat(frames, ignore_index=True)
 
 

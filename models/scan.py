@@ -41,6 +41,7 @@ Backends (``backend=`` / ``EncoderConfig.scan_backend``):
 
 from __future__ import annotations
 
+import importlib
 import math
 from functools import lru_cache
 from typing import Callable
@@ -57,20 +58,25 @@ from .scan_cpu import compiled_scan, cpu_scan_available
 # Backend selection
 
 
-@lru_cache(maxsize=1)
-def _cuda_selective_scan_fn() -> Callable | None:
-    """mamba-ssm's ``selective_scan_fn`` if CUDA and the ``cuda`` extra are usable, else None.
+@lru_cache(maxsize=None)
+def cuda_kernel(module: str, name: str) -> Callable | None:
+    """mamba-ssm's ``module.name`` if CUDA and the ``cuda`` extra are usable, else None (Mamba-1's selective
+    scan here, Mamba-2's chunk scan in :mod:`models.ssd`).
 
     The import itself loads the compiled extension, which fails (ImportError, OSError on a missing
-    libcudart, RuntimeError from torch's CUDA init) on machines without a matching CUDA build.
+    libcudart, RuntimeError from torch's CUDA init, Triton errors) on machines without a matching CUDA
+    build, so it happens only on request, never at module import time.
     """
     if not torch.cuda.is_available():
         return None
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return getattr(importlib.import_module(module), name)
     except Exception:  # noqa: BLE001 - any failure to load the extension means "not available"
         return None
-    return selective_scan_fn
+
+
+def _cuda_selective_scan_fn() -> Callable | None:
+    return cuda_kernel("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
 
 
 def cuda_scan_available() -> bool:

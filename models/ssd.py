@@ -35,7 +35,6 @@ The PyTorch paths compute in float32 (float64 for float64 inputs, which the test
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SCAN_BACKENDS, EncoderConfig
+from .scan import cuda_kernel
 
 # Q of the PyTorch path: the Q × Q work inside chunks grows with Q, the Python loop across chunks with L / Q.
 # Forward + backward of one width-192 layer on one CPU thread, L = 513, batch 4: Q = 8 / 16 / 32 / 64 took
@@ -55,16 +55,9 @@ CUDA_CHUNK = 256  # the chunk the mamba-ssm kernel is tuned for (Mamba-2's defau
 # Backend selection
 
 
-@lru_cache(maxsize=1)
 def _cuda_chunk_scan_fn() -> Callable | None:
-    """mamba-ssm's ``mamba_chunk_scan_combined`` if CUDA and a working mamba-ssm / Triton install exist, else None."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:  # noqa: BLE001 - any failure to load the kernel means "not available"
-        return None
-    return mamba_chunk_scan_combined
+    """mamba-ssm's ``mamba_chunk_scan_combined`` where CUDA and a working mamba-ssm / Triton install exist."""
+    return cuda_kernel("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
 
 
 def cuda_ssd_available() -> bool:

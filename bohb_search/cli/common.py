@@ -18,6 +18,21 @@ from .flags import UsageError, add_config_flags, attributed, flag_name, given
 DERIVED_ENCODER_FIELDS = ("n_mels", "n_frames", "input_mean", "input_std")
 
 
+def _flags_over_file(args: argparse.Namespace, names, file_section: dict, config: Path | None, what: str,
+                     section: str):
+    """(typed flags, the file section with the flags on top, a one-line error maker naming where a value came
+    from) for one ``--config`` section; a setting the section does not know is refused here."""
+    unknown = sorted(set(file_section) - set(names))
+    if unknown:
+        raise UsageError(f"--config {config}: {section}: unknown setting(s) {', '.join(map(str, unknown))}")
+    typed = given(args, names)
+
+    def bad(message: str) -> UsageError:
+        return attributed(message, what, typed, file_section, config, section)
+
+    return typed, {**file_section, **typed}, bad
+
+
 def add_feature_flags(p: argparse.ArgumentParser) -> list[str]:
     return add_config_flags(p, AudioConfig, title="features (audio → log-mel)")
 
@@ -31,14 +46,7 @@ def feature_config(args: argparse.Namespace, file_section: dict | None = None, c
     file_audio = section.pop("audio", None) or {}
     if not isinstance(file_audio, dict):
         raise UsageError(f"--config {config}: features.audio must be a mapping of settings, got {file_audio!r}")
-    unknown = sorted(set(file_audio) - set(AUDIO_FLAGS))
-    if unknown:
-        raise UsageError(f"--config {config}: features.audio: unknown setting(s) {', '.join(map(str, unknown))}")
-    typed = given(args, AUDIO_FLAGS)
-    audio = {**file_audio, **typed}
-
-    def bad(message: str) -> UsageError:
-        return attributed(message, "audio", typed, file_audio, config, "features.audio")
+    typed, audio, bad = _flags_over_file(args, AUDIO_FLAGS, file_audio, config, "audio", "features.audio")
 
     if "channel" in audio and audio["channel"] != "mean":
         try:
@@ -104,15 +112,7 @@ def run_options(args: argparse.Namespace, file_section: dict | None = None, conf
     """The RunOptions of the flags over the ``--config`` file's ``run`` section; the feature cache it names
     (or the default one) is checked for writing here, before any work."""
     file_section = dict(file_section or {})
-    unknown = sorted(set(file_section) - set(RUN_FLAGS))
-    if unknown:
-        raise UsageError(f"--config {config}: run: unknown setting(s) {', '.join(map(str, unknown))}")
-    typed = given(args, RUN_FLAGS)
-    d = {**file_section, **typed}
-
-    def bad(message: str) -> UsageError:
-        return attributed(message, "run", typed, file_section, config, "run")
-
+    typed, d, bad = _flags_over_file(args, RUN_FLAGS, file_section, config, "run", "run")
     if d.get("cache_dir") is not None:
         if not isinstance(d["cache_dir"], (str, Path)):
             raise bad(f"cache_dir must be a folder path, got {d['cache_dir']!r}")

@@ -48,16 +48,15 @@ def fit_stats_baseline(table, machines: list[str], cfg: StatsBaselineConfig) -> 
             candidates = (UNLABELLED_POOLING,)
             notes.append(f"{machine}: no labelled validation clips ({data.val_source}), so pooling "
                          f"{UNLABELLED_POOLING} without a choice")
-        scores = {}
+        scores, embeddings = {}, {}
         for pooling in candidates:
-            z = stats_embeddings(data.train_base, pooling, cfg.twfr_r)
-            scorer = fit_stats_scorer(z, domains, machine, cfg)
-            scores[pooling] = (_validation_score(scorer, data, machine, pooling, cfg.twfr_r)
-                               if labelled and len(candidates) > 1 else float("nan"))
+            embeddings[pooling] = z = stats_embeddings(data.train_base, pooling, cfg.twfr_r)
+            scores[pooling] = (_validation_score(fit_stats_scorer(z, domains, machine, cfg), data, machine, pooling,
+                                                 cfg.twfr_r) if labelled and len(candidates) > 1 else float("nan"))
         best = max(candidates, key=lambda p: -1.0 if np.isnan(scores[p]) else scores[p])  # ties: the earlier
         per_machine[machine] = {
             "pooling": best, "twfr_r": float(cfg.twfr_r),
-            "train_embeddings": stats_embeddings(data.train_base, best, cfg.twfr_r),
+            "train_embeddings": embeddings[best],
             "train_domains": [int(d) for d in domains],
             "selection": (f"chosen on {data.val_source}" if len(candidates) > 1 else
                           "as given" if cfg.pooling != "auto" else "default (no labelled validation clips)"),
